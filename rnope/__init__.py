@@ -1,0 +1,21 @@
+"""rnope — hybrid-attention language models (RNoPE-SWA, arXiv 2501.18795) and their baselines."""
+
+__version__ = "0.1.0"
+
+from .config import PRESETS, LayerSpec, ModelConfig  # noqa: E402
+from .model import Transformer, init_weights  # noqa: E402
+from .cache import HybridCache  # noqa: E402
+from .generate import generate  # noqa: E402
+from .checkpoint import load, save  # noqa: E402
+
+__all__ = [
+    "PRESETS",
+    "HybridCache",
+    "LayerSpec",
+    "ModelConfig",
+    "Transformer",
+    "generate",
+    "init_weights",
+    "load",
+    "save",
+]

@@ -1,0 +1,147 @@
+"""Save and load models: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``). No pickle.
+
+``load`` accepts a model directory, a checkpoint directory, or a training run directory (whose
+latest complete checkpoint under ``checkpoints/step_N`` is used).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .model import Transformer
+
+FORMAT = "rnope"
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save(path: str | os.PathLike, model: Transformer, tokenizer: Any = None, *, extra: dict | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and (if given) ``tokenizer.json`` into ``path``."""
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"output path '{path}' exists and is not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "producer": FORMAT})
+    os.replace(tmp, path / WEIGHTS_FILE)
+    if tokenizer is not None:
+        tokenizer.save(path / TOKENIZER_FILE)
+    meta = {"format": FORMAT, "rnope_version": __version__, "model": model.config.to_dict()}
+    if extra:
+        meta.update(extra)
+    _atomic_write_text(path / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True))
+    return path
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """The directory holding the weights: ``path`` itself, or a run's latest ``checkpoints/step_N``."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint '{path}' is not a directory")
+    if (path / CONFIG_FILE).exists():
+        return path
+    ckpts = path / "checkpoints"
+    if ckpts.is_dir():
+        steps = sorted(
+            (int(m.group(1)), d)
+            for d in ckpts.iterdir()
+            if (m := re.fullmatch(r"step_(\d+)", d.name)) and (d / CONFIG_FILE).exists() and (d / WEIGHTS_FILE).exists()
+        )
+        if steps:
+            return steps[-1][1]
+        raise CheckpointError(f"run '{path}' has no complete checkpoint under checkpoints/")
+    raise CheckpointError(f"'{path}' holds neither {CONFIG_FILE} nor checkpoints/")
+
+
+def read_config(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
+    """(ModelConfig, the whole config.json) of an rnope checkpoint directory."""
+    cfile = Path(path) / CONFIG_FILE
+    try:
+        meta = json.loads(cfile.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfile}: cannot read JSON ({e.__class__.__name__}: {e})") from None
+    if not isinstance(meta, dict) or "model" not in meta:
+        raise CheckpointError(f"{cfile}: not an rnope config (no 'model' section)")
+    try:
+        return ModelConfig.from_dict(meta["model"]), meta
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{cfile}: {e}") from None
+
+
+def load_state(model: Transformer, weights: Path) -> None:
+    """Load safetensors weights into ``model``, strictly: names, shapes must match the config."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not weights.exists():
+        raise CheckpointError(f"{weights} is missing")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: corrupt or truncated safetensors file ({e})") from None
+    own = model.state_dict()
+    for name in own:
+        if name not in state:
+            raise CheckpointError(f"{weights}: missing tensor '{name}' required by config.json")
+        if tuple(state[name].shape) != tuple(own[name].shape):
+            raise CheckpointError(
+                f"{weights}: tensor '{name}' has shape {tuple(state[name].shape)}, config.json implies {tuple(own[name].shape)}"
+            )
+    extra = sorted(set(state) - set(own))
+    if extra:
+        raise CheckpointError(f"{weights}: unexpected tensor '{extra[0]}' not in the model config.json describes")
+    model.load_state_dict(state, strict=True)
+
+
+def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """``(model, tokenizer)`` from a checkpoint / run directory; tokenizer is None if absent.
+
+    Hugging Face ``cohere`` / ``cohere2`` directories are read through :mod:`rnope.interop.hf`
+    when that module is present.
+    """
+    d = resolve(path)
+    meta = json.loads((d / CONFIG_FILE).read_text()) if (d / CONFIG_FILE).exists() else {}
+    if isinstance(meta, dict) and "model_type" in meta and "model" not in meta:
+        try:
+            from .interop.hf import load_hf
+        except ImportError:
+            raise CheckpointError(f"'{d}' is a Hugging Face directory; HF import is not available") from None
+        return load_hf(d, device=device, dtype=dtype)
+    config, _ = read_config(d)
+    model = Transformer(config)
+    load_state(model, d / WEIGHTS_FILE)
+    model.to(device=device, dtype=dtype) if dtype else model.to(device=device)
+    model.eval()
+    tokenizer = None
+    if (d / TOKENIZER_FILE).exists():
+        from .tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(d / TOKENIZER_FILE)
+        if tokenizer.vocab_size > config.vocab_size:
+            raise CheckpointError(
+                f"{d / TOKENIZER_FILE}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
+            )
+    return model, tokenizer

@@ -1,0 +1,1 @@
+"""One module per ``rnope`` subcommand (see :mod:`rnope.cli`)."""

@@ -1,0 +1,117 @@
+"""``rnope generate``: continue prompts with a checkpoint (one --prompt, or JSONL in and out)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+NAME = "generate"
+HELP = "generate text from a checkpoint (--prompt TEXT, or --input prompts.jsonl --output out.jsonl)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="checkpoint, run, or Hugging Face directory")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="prompt text (the completion streams to stdout)")
+    g.add_argument("--input", help='JSONL file, one {"prompt": ...} per line')
+    p.add_argument("--output", help="JSONL output (with --input): each input line plus \"completion\"")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --input")
+
+
+def _read_prompts(path: str) -> list[dict]:
+    rows = []
+    try:
+        raw = open(path, "rb").read()
+    except FileNotFoundError:
+        raise ValueError(f"input file '{path}' does not exist") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"input file '{path}' is not valid UTF-8 (byte at offset {e.start})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} line {n}: not valid JSON") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise ValueError(f"{path} line {n}: no string field 'prompt'")
+        if not row["prompt"]:
+            raise ValueError(f"{path} line {n}: empty prompt")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"input file '{path}' has no prompts")
+    return rows
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..checkpoint import load
+    from ..generate import generate
+
+    if args.input and not args.output:
+        raise ValueError("--input needs --output")
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.output and Path(args.output).is_dir():
+        raise ValueError(f"--output '{args.output}' is a directory")
+    rows = _read_prompts(args.input) if args.input else None
+    if args.prompt is not None and not args.prompt:
+        raise ValueError("--prompt is empty")
+    model, tok = load(args.ckpt)
+    if tok is None:
+        raise ValueError(f"checkpoint '{args.ckpt}' has no tokenizer.json: cannot encode text prompts")
+    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_ids=[tok.eos_id], pad_id=tok.pad_id)
+    if rows is None:
+        ids = tok.encode(args.prompt)
+        _warn_length(model, len(ids) + args.max_new_tokens)
+        done: list[int] = []
+
+        def stream(step, new):
+            if new[0] is not None and new[0] != tok.eos_id:
+                done.append(new[0])
+                text = tok.decode(done)
+                stream.printed = getattr(stream, "printed", "")
+                sys.stdout.write(text[len(stream.printed) :])
+                sys.stdout.flush()
+                stream.printed = text
+
+        generate(model, [ids], args.max_new_tokens, callback=stream, **kw)
+        sys.stdout.write("\n")
+        return 0
+    from tqdm import tqdm
+
+    results = []
+    for i in tqdm(range(0, len(rows), args.batch_size), desc="generate", unit="batch", file=sys.stderr):
+        chunk = rows[i : i + args.batch_size]
+        ids = [tok.encode(r["prompt"]) for r in chunk]
+        _warn_length(model, max(map(len, ids)) + args.max_new_tokens)
+        outs = generate(model, ids, args.max_new_tokens, **kw)
+        for r, o in zip(chunk, outs):
+            o = [t for t in o if t != tok.eos_id]
+            results.append({**r, "completion": tok.decode(o)})
+    out = Path(args.output)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
+    tmp.replace(out)
+    print(f"wrote {len(results)} completions to {out}", file=sys.stderr)
+    return 0
+
+
+def _warn_length(model, total: int) -> None:
+    cfg = model.config
+    if total > cfg.max_seq_len and any(s.rope and s.span == "full" for s in cfg.layers):
+        print(
+            f"rnope: warning: {total} tokens exceed the trained length {cfg.max_seq_len} of a model with full-attention RoPE layers",
+            file=sys.stderr,
+        )

@@ -1,0 +1,254 @@
+"""The hybrid-attention decoder (Cohere block), as in *Rope to Nope and Back Again* (arXiv 2501.18795).
+
+Block (HF ``cohere`` / ``cohere2``): one LayerNorm without bias feeds attention and a SwiGLU MLP in
+parallel, ``x + attn(ln(x)) + mlp(ln(x))``; GQA; interleaved rotary pairs in fp32 on RoPE layers
+only; tied embeddings; logits multiplied by ``logit_scale``. Per-layer behaviour (RoPE or not,
+window, chunk, QK-norm) is data from ``ModelConfig.layers`` — one Attention class, no subclasses.
+
+Parameter names follow transformers' so export is a prefix away (``model.`` + name).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .cache import HybridCache
+from .config import LayerSpec, ModelConfig
+from .kernels import attend_fresh, reference_attention, sdpa, visibility
+from .rope import apply_rotary, inv_frequencies, rotary_angles
+
+# observer(layer_idx, spec, q (B,H,Tq,D), k (B,Hkv,Tk,D), q_time (Tq,), k_time (Tk,), start (B,)|None)
+Observer = Callable[..., None]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm without bias over the last dim; ``shape`` may be (H, D) for per-head QK-norm."""
+
+    def __init__(self, shape: int | tuple[int, ...], eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(x.float(), x.shape[-1:], eps=self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+@dataclass
+class Context:
+    """Per-forward facts shared by all layers: stream times, RoPE positions, padding, options."""
+
+    times: torch.Tensor  # (T,) stream times of the new tokens
+    positions: torch.Tensor  # (B, T) RoPE positions
+    start: torch.Tensor | None  # (B,) left padding, None when there is none
+    cache: HybridCache | None
+    impl: str = "auto"
+    observer: Observer | None = None
+    _angles: dict = field(default_factory=dict)
+
+    def angles(self, inv_freq: torch.Tensor, theta: float):
+        if theta not in self._angles:
+            self._angles[theta] = rotary_angles(self.positions, inv_freq)
+        return self._angles[theta]
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, spec: LayerSpec, layer_idx: int):
+        super().__init__()
+        self.spec, self.layer_idx = spec, layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        d = config.d_model
+        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
+        if spec.qk_norm:  # QK-Norm baseline: LayerNorm over head_dim before the rotation (HF cohere)
+            self.q_norm = LayerNorm((self.n_head, self.head_dim), config.norm_eps)
+            self.k_norm = LayerNorm((self.n_kv_head, self.head_dim), config.norm_eps)
+        if spec.rope:
+            self.register_buffer("inv_freq", inv_frequencies(self.head_dim, spec.rope_theta), persistent=False)
+
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        if self.spec.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+        if self.spec.rope:
+            cos, sin = ctx.angles(self.inv_freq, self.spec.rope_theta)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        cache = ctx.cache
+        if cache is None or cache.seen == 0:
+            if ctx.observer is not None:
+                ctx.observer(self.layer_idx, self.spec, q, k, ctx.times, ctx.times, ctx.start)
+            y = attend_fresh(q, k, v, self.spec, times=ctx.times, start=ctx.start, impl=ctx.impl)
+            if cache is not None:
+                cache.layers[self.layer_idx].store(k, v, ctx.times, cache.seen)
+        else:
+            keys, vals, k_time = cache.layers[self.layer_idx].update(k, v, ctx.times, cache.seen)
+            if ctx.observer is not None:
+                ctx.observer(self.layer_idx, self.spec, q, keys, ctx.times, k_time, ctx.start)
+            allowed = visibility(ctx.times, k_time, self.spec, ctx.start)
+            if ctx.impl == "reference":
+                y = reference_attention(q, keys, vals, allowed)[0]
+            else:
+                y = sdpa.masked(q, keys, vals, allowed)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
+        self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Cohere parallel block: ``x + attn(ln(x)) + mlp(ln(x))``."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = LayerNorm(config.d_model, config.norm_eps)
+        self.self_attn = Attention(config, config.layers[layer_idx], layer_idx)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        h = self.input_layernorm(x)
+        return x + self.self_attn(h, ctx) + self.mlp(h)
+
+
+class Transformer(nn.Module):
+    """``model(tokens)`` -> logits (B, T, vocab). See :meth:`forward` for caching and padding."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = LayerNorm(config.d_model, config.norm_eps)
+        if not config.tie_embeddings:
+            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.attn_impl = "auto"  # "auto" | "dense" | "reference": which kernels fresh attention uses
+        init_weights(self)
+
+    # -------------------------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_seq_len: int | None = None, *, dtype=None, device=None) -> HybridCache:
+        """A hybrid KV cache for ``batch_size`` rows and up to ``max_seq_len`` tokens (default: config)."""
+        p = self.embed_tokens.weight
+        return HybridCache(
+            self.config,
+            batch_size,
+            max_seq_len or self.config.max_seq_len,
+            dtype=dtype or p.dtype,
+            device=device or p.device,
+        )
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        cache: HybridCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        observer: Observer | None = None,
+    ) -> torch.Tensor:
+        """Logits for ``tokens`` (B, T).
+
+        cache: a :class:`HybridCache`; new tokens are appended and positions continue.
+        attention_mask: (B, T) 1 = token, 0 = left padding (only on the first call with a cache);
+            padded rows get positions starting at their first real token.
+        positions: explicit RoPE positions (B, T) (no cache); default 0..T-1 per real token.
+        observer: called by every layer with its (post-RoPE) q and k — attention analysis hook.
+        """
+        B, T = self._check_tokens(tokens)
+        start = None
+        if cache is not None:
+            cache.check(B, T)
+            if attention_mask is not None:
+                if cache.seen:
+                    raise ValueError("attention_mask is only accepted on the first call with a cache (prefill)")
+                cache.start = _left_padding(attention_mask, B, T)
+            start = cache.start
+            t0 = cache.seen
+        else:
+            t0 = 0
+            if attention_mask is not None:
+                start = _left_padding(attention_mask, B, T)
+        if start is not None and not bool(start.any()):
+            start = None
+        times = torch.arange(t0, t0 + T, device=tokens.device)
+        if positions is None:
+            positions = times[None].expand(B, T) if start is None else (times[None] - start[:, None]).clamp(min=0)
+        elif cache is not None or positions.shape != (B, T):
+            raise ValueError(f"positions must be (B, T) = {(B, T)} and used without a cache, got {tuple(positions.shape)}")
+        ctx = Context(times=times, positions=positions, start=start, cache=cache, impl=self.attn_impl, observer=observer)
+
+        x = self.embed_tokens(tokens)
+        for block in self.layers:
+            x = block(x, ctx)
+        if cache is not None:
+            cache.advance(T)
+        x = self.norm(x)
+        head = self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
+        return F.linear(x, head) * self.config.logit_scale
+
+    def _check_tokens(self, tokens: torch.Tensor) -> tuple[int, int]:
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must be a 2-D (batch, time) tensor, got {shape}")
+        if tokens.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        B, T = tokens.shape
+        if B == 0 or T == 0:
+            raise ValueError(f"tokens must be non-empty, got shape {(B, T)}")
+        if tokens.device.type != "meta":
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = lo if lo < 0 else hi
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size})")
+        return B, T
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _left_padding(mask: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """Pad counts per row from a (B, T) 0/1 mask; padding must be a prefix (left padding)."""
+    if tuple(mask.shape) != (B, T):
+        raise ValueError(f"attention_mask must have shape {(B, T)}, got {tuple(mask.shape)}")
+    m = mask.to(torch.bool)
+    start = (~m).sum(dim=1)
+    expect = torch.arange(T, device=m.device)[None] >= start[:, None]
+    if not torch.equal(m, expect):
+        raise ValueError("attention_mask must be left padding (zeros only before the first token of each row)")
+    if bool((start == T).any()):
+        raise ValueError(f"attention_mask row {int((start == T).nonzero()[0])} has no tokens")
+    return start
+
+
+def init_weights(model: Transformer) -> None:
+    """The one weight init: N(0, init_std) for embeddings and projections; the residual output
+    projections (o_proj, down_proj) scaled by 1/sqrt(2·n_layer) (GPT-2); norm weights 1."""
+    cfg = model.config
+    std = cfg.init_std
+    out_std = std / math.sqrt(2 * cfg.n_layer)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight") or "layernorm" in name:
+            nn.init.ones_(p)
+        elif name.endswith(("o_proj.weight", "down_proj.weight")):
+            nn.init.normal_(p, 0.0, out_std)
+        else:
+            nn.init.normal_(p, 0.0, std)

@@ -1,0 +1,24 @@
+import pytest
+import torch
+
+from rnope import ModelConfig, Transformer
+
+TINY = dict(vocab_size=61, n_layer=4, d_model=32, n_head=4, n_kv_head=2, d_ff=64, max_seq_len=256, window=8, chunk_size=8)
+CORE_PRESETS = ["rnope-swa", "rope", "nope", "qknorm", "rnope", "swa"]
+
+
+def tiny_model(preset: str, seed: int = 0, **overrides) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig.from_preset(preset, **{**TINY, **overrides}))
+    # larger weights than the init so attention is far from uniform and bugs show
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3 if "embed" not in name else 1.0)
+    return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def _fp32_deterministic():
+    torch.manual_seed(0)
+    yield

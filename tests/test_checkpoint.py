@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import torch
+
+import rnope
+from rnope.checkpoint import CheckpointError
+
+from .conftest import tiny_model
+
+
+@torch.no_grad()
+def test_save_load_round_trip_is_exact(tmp_path):
+    model = tiny_model("rnope-swa")
+    rnope.save(tmp_path / "m", model)
+    again, tok = rnope.load(tmp_path / "m")
+    assert tok is None and again.config == model.config
+    x = torch.randint(0, 61, (2, 30))
+    assert torch.equal(again(x), model(x))
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert meta["format"] == "rnope" and meta["model"]["pattern"] == "SSSN"
+
+
+def test_load_run_directory_picks_latest_complete_checkpoint(tmp_path):
+    a, b = tiny_model("rope", seed=1), tiny_model("rope", seed=2)
+    rnope.save(tmp_path / "run" / "checkpoints" / "step_20", a)
+    rnope.save(tmp_path / "run" / "checkpoints" / "step_100", b)
+    (tmp_path / "run" / "checkpoints" / "step_200").mkdir()  # incomplete (crash mid-write)
+    (tmp_path / "run" / "checkpoints" / "step_150.tmp").mkdir()
+    model, _ = rnope.load(tmp_path / "run")
+    assert torch.equal(model.embed_tokens.weight, b.embed_tokens.weight)
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path):
+    model = tiny_model("rnope-swa")
+    d = rnope.save(tmp_path / "m", model)
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"model.safetensors: corrupt or truncated safetensors file"):
+        rnope.load(d)
+    d2 = rnope.save(tmp_path / "m2", model)
+    meta = json.loads((d2 / "config.json").read_text())
+    meta["model"]["d_ff"] = 128
+    (d2 / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"tensor 'layers.0.mlp.gate_proj.weight' has shape \(64, 32\), config.json implies \(128, 32\)"):
+        rnope.load(d2)
+    with pytest.raises(CheckpointError, match=r"checkpoint '.*nope' does not exist"):
+        rnope.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"holds neither config.json nor checkpoints/"):
+        rnope.load(tmp_path / "empty")
+
+
+def test_no_pickle_in_checkpoint(tmp_path):
+    d = rnope.save(tmp_path / "m", tiny_model("rope"))
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors"]
