@@ -1,0 +1,237 @@
+"""Tokenizer: a thin wrapper over Hugging Face ``tokenizers`` (``tokenizer.json`` format).
+
+Every rnope tokenizer is byte-level and lossless: ``decode(encode(s)) == s`` for any string made
+of Unicode scalar values (anything that can be encoded as UTF-8). Nothing normalizes, strips or
+adds a prefix space, and special-token spellings that occur inside user text (e.g. a literal
+``"<eos>"``) are encoded as ordinary bytes, never as the special token.
+
+Two kinds are built here:
+
+* :meth:`Tokenizer.byte_level` -- no training; ids ``0, 1, 2`` are ``<pad>, <bos>, <eos>`` and
+  byte ``b`` has id ``3 + b`` (``vocab_size == 259``).
+* :meth:`Tokenizer.train_bpe` -- byte-level BPE (GPT-2 style pre-tokenization) with the same
+  three specials at ids ``0, 1, 2``.
+
+Any ``tokenizer.json`` that defines the three specials can be loaded with :meth:`Tokenizer.load`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+__all__ = ["Tokenizer", "SPECIAL_TOKENS", "PAD", "BOS", "EOS", "N_BYTES"]
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS)
+N_BYTES = 256
+_BYTE_LEVEL_VOCAB = len(SPECIAL_TOKENS) + N_BYTES  # 259
+
+
+def _byte_level_parts() -> tuple[pre_tokenizers.ByteLevel, decoders.ByteLevel]:
+    """Pre-tokenizer and decoder shared by every rnope-built tokenizer (no prefix space)."""
+    return (
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=True),
+        decoders.ByteLevel(),
+    )
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (the ByteLevel alphabet)."""
+    printable = list(range(ord("!"), ord("~") + 1))
+    printable += list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    mapping: dict[int, str] = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(N_BYTES):
+        if b not in mapping:
+            mapping[b] = chr(N_BYTES + extra)
+            extra += 1
+    return mapping
+
+
+def _check_utf8(text: str) -> None:
+    """Raise ``ValueError`` if ``text`` holds a lone surrogate (not encodable as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"encode: text is not valid Unicode (lone surrogate {text[e.start]!r} at index {e.start})"
+        ) from None
+
+
+class Tokenizer:
+    """Lossless byte-level tokenizer with the specials ``<pad>``, ``<bos>``, ``<eos>``.
+
+    Wraps a :class:`tokenizers.Tokenizer`; ``source`` is only used in error messages.
+    """
+
+    def __init__(self, hf: _HFTokenizer, *, source: str = "<memory>") -> None:
+        ids: dict[str, int] = {}
+        for tok in SPECIAL_TOKENS:
+            tid = hf.token_to_id(tok)
+            if tid is None:
+                raise ValueError(f"tokenizer {source} lacks special token '{tok}'")
+            ids[tok] = tid
+        # Special-token spellings inside user text are plain text, so round trips stay exact.
+        hf.encode_special_tokens = True
+        self._hf = hf
+        self._pad_id, self._bos_id, self._eos_id = ids[PAD], ids[BOS], ids[EOS]
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def byte_level(cls) -> Tokenizer:
+        """The default tokenizer: 3 specials (ids 0..2) then the 256 bytes (id = 3 + byte)."""
+        b2u = _byte_to_unicode()
+        vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+        vocab.update({b2u[b]: len(SPECIAL_TOKENS) + b for b in range(N_BYTES)})
+        hf = _HFTokenizer(models.BPE(vocab=vocab, merges=[]))
+        hf.pre_tokenizer, hf.decoder = _byte_level_parts()
+        hf.add_special_tokens(list(SPECIAL_TOKENS))
+        return cls(hf, source="<byte_level>")
+
+    @classmethod
+    def train_bpe(cls, texts: Iterable[str], vocab_size: int, *, show_progress: bool = False) -> Tokenizer:
+        """Train a byte-level BPE tokenizer with at most ``vocab_size`` tokens (specials included).
+
+        Raises ``ValueError`` if ``vocab_size`` leaves no room for a merge (< 260) or ``texts`` is empty.
+        """
+        if not isinstance(vocab_size, int) or vocab_size < _BYTE_LEVEL_VOCAB + 1:
+            raise ValueError(
+                f"train_bpe: vocab_size must be at least {_BYTE_LEVEL_VOCAB + 1} "
+                f"({len(SPECIAL_TOKENS)} specials + {N_BYTES} bytes + 1 merge), got {vocab_size!r}"
+            )
+        if isinstance(texts, str):
+            raise TypeError("train_bpe: texts must be an iterable of strings, not a single string")
+        it = iter(texts)
+        first = next(it, None)
+        if first is None:
+            raise ValueError("train_bpe: texts is empty (need at least one text to train on)")
+
+        def checked() -> Iterable[str]:
+            for t in itertools.chain([first], it):
+                if not isinstance(t, str):
+                    raise TypeError(f"train_bpe: texts must be strings, got {type(t).__name__}")
+                yield t
+
+        hf = _HFTokenizer(models.BPE())
+        hf.pre_tokenizer, hf.decoder = _byte_level_parts()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=0,
+            show_progress=show_progress,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        hf.train_from_iterator(checked(), trainer=trainer)
+        return cls(hf, source="<train_bpe>")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """Load ``tokenizer.json`` (``path`` is the file or a directory containing it)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "tokenizer.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"tokenizer file '{p}' does not exist")
+        try:
+            hf = _HFTokenizer.from_file(str(p))
+        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"tokenizer {p} is not a valid tokenizer.json: {msg}") from e
+        return cls(hf, source=str(p))
+
+    @classmethod
+    def from_json(cls, text: str) -> Tokenizer:
+        """Build from the JSON text produced by :meth:`to_json`."""
+        return cls(_HFTokenizer.from_str(text), source="<json>")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``tokenizer.json`` to the file ``path`` atomically (parent dirs are created)."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.to_json())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def to_json(self) -> str:
+        """The ``tokenizer.json`` text."""
+        return self._hf.to_str()
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 hex of :meth:`to_json` -- identifies the tokenizer in shard indexes and runs."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+    # ------------------------------------------------------------------ encode / decode
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; no special tokens are added."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects str, got {type(text).__name__}")
+        try:
+            return self._hf.encode(text, add_special_tokens=False).ids
+        except TypeError:
+            _check_utf8(text)
+            raise
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """:meth:`encode` for many texts (parallel in Rust)."""
+        if isinstance(texts, str):
+            raise TypeError("encode_batch expects a list of str, got a single str")
+        texts = list(texts)
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"encode_batch expects str items, got {type(t).__name__}")
+        try:
+            return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+        except TypeError:
+            for t in texts:
+                _check_utf8(t)
+            raise
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids`` (ints, a tensor or an array); special tokens are skipped."""
+        if hasattr(ids, "tolist"):
+            ids = ids.tolist()
+        return self._hf.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids (added tokens included); valid ids are ``0 .. vocab_size - 1``."""
+        return self._hf.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
+
+    @property
+    def bos_id(self) -> int:
+        return self._bos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self._eos_id
+
+    @property
+    def hf(self) -> _HFTokenizer:
+        """The wrapped :class:`tokenizers.Tokenizer`."""
+        return self._hf
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, pad={self.pad_id}, bos={self.bos_id}, eos={self.eos_id})"
