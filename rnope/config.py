@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .rope import SCALINGS
+
 Span = Literal["full", "sliding", "chunked"]
 
 PATTERN_LETTERS: dict[str, tuple[bool, Span, bool]] = {
@@ -50,6 +52,17 @@ class LayerSpec:
     chunk: int | None = None
     qk_norm: bool = False
     rope_theta: float = 10_000.0
+    # RoPE layers only (rnope.rope documents each method and its paper)
+    rope_scaling: str = "none"
+    rope_factor: float = 1.0
+    rope_original_len: int = 0
+    rope_fope_sigma: float = 0.1
+    rope_fraction: float = 1.0
+    qk_l2norm: bool = False
+    # NoPE layers only: query temperature "none" | "llama4" | "ssmax"
+    temperature: str = "none"
+    attn_temp_scale: float = 0.1
+    attn_temp_floor: int = 8192
 
     @property
     def is_global(self) -> bool:
@@ -88,6 +101,21 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
+    # architecture family: Cohere (parallel block, LayerNorm, interleaved RoPE) by default;
+    # Llama/SmolLM3 style is "sequential" + "rmsnorm" + "half"
+    block: str = "parallel"
+    norm: str = "layernorm"
+    rope_layout: str = "interleaved"
+    # positional-scheme relatives (issue: RoPE extensions, iRoPE, NoPE temperature)
+    rope_scaling: str = "none"
+    rope_factor: float = 1.0
+    rope_original_len: int = 0  # 0 = max_seq_len
+    rope_fope_sigma: float = 0.1
+    rope_fraction: float = 1.0
+    rope_qk_l2norm: bool = False
+    nope_temperature: str = "none"
+    attn_temp_scale: float = 0.1
+    attn_temp_floor: int = 8192
     layers: tuple[LayerSpec, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -114,6 +142,32 @@ class ModelConfig:
             raise ValueError(f"n_kv_head={self.n_kv_head} does not divide n_head={self.n_head}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} (d_model/n_head) must be even for RoPE")
+        choices = {
+            "block": ("parallel", "sequential"),
+            "norm": ("layernorm", "rmsnorm"),
+            "rope_layout": ("interleaved", "half"),
+            "rope_scaling": SCALINGS,
+            "nope_temperature": ("none", "llama4", "ssmax"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("rope_original_len",):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        if isinstance(self.attn_temp_floor, bool) or not isinstance(self.attn_temp_floor, int) or self.attn_temp_floor < 1:
+            raise ValueError(f"attn_temp_floor must be an integer >= 1, got {self.attn_temp_floor!r}")
+        if not 0.0 < self.rope_fraction <= 1.0:
+            raise ValueError(f"rope_fraction must be in (0, 1], got {self.rope_fraction!r}")
+        if not self.rope_factor >= 1.0:
+            raise ValueError(f"rope_factor must be >= 1, got {self.rope_factor!r}")
+        if self.rope_scaling == "ntk" and self.head_dim <= 2:
+            raise ValueError(f"rope_scaling 'ntk' needs head_dim > 2, got {self.head_dim}")
+        for name in ("attn_temp_scale", "rope_fope_sigma"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
         for name in ("rope_theta", "logit_scale", "norm_eps", "init_std"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
@@ -139,9 +193,27 @@ class ModelConfig:
                     chunk=self.chunk_size if span == "chunked" else None,
                     qk_norm=qk,
                     rope_theta=float(self.rope_theta),
+                    **(self._rope_options() if rope else self._nope_options()),
                 )
             )
         return tuple(specs)
+
+    def _rope_options(self) -> dict:
+        return dict(
+            rope_scaling=self.rope_scaling,
+            rope_factor=float(self.rope_factor),
+            rope_original_len=self.rope_original_len or self.max_seq_len,
+            rope_fope_sigma=float(self.rope_fope_sigma),
+            rope_fraction=float(self.rope_fraction),
+            qk_l2norm=self.rope_qk_l2norm,
+        )
+
+    def _nope_options(self) -> dict:
+        return dict(
+            temperature=self.nope_temperature,
+            attn_temp_scale=float(self.attn_temp_scale),
+            attn_temp_floor=self.attn_temp_floor,
+        )
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -165,8 +237,9 @@ class ModelConfig:
         d, hd = self.d_model, self.head_dim
         attn = d * self.n_head * hd * 2 + d * self.n_kv_head * hd * 2
         mlp = 3 * d * self.d_ff
-        per_layer = attn + mlp + d  # one LayerNorm weight
+        per_layer = attn + mlp + d * (2 if self.block == "sequential" else 1)  # norm weights
         qk = sum((self.n_head + self.n_kv_head) * hd for s in self.layers if s.qk_norm)  # per-head weights (HF cohere)
+        qk += sum(self.n_head for s in self.layers if s.temperature == "ssmax")  # SSMax s per head
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return emb + self.n_layer * per_layer + qk + d
 
@@ -222,6 +295,24 @@ PRESETS: dict[str, dict[str, Any]] = {
         logit_scale=0.25,
         tie_embeddings=True,
     ),
+    # ---- positional-scheme relatives (rnope.rope cites each method) ----
+    # ABF: a larger base frequency (Xiong et al. 2023)
+    "rope-abf": {**_SMALL, "pattern": "R", "rope_theta": 500_000.0},
+    # extension methods, as applied when moving to 4x the original context
+    "rope-pi": {**_SMALL, "pattern": "R", "rope_scaling": "linear", "rope_factor": 4.0},
+    "rope-ntk": {**_SMALL, "pattern": "R", "rope_scaling": "ntk", "rope_factor": 4.0},
+    "rope-yarn": {**_SMALL, "pattern": "R", "rope_scaling": "yarn", "rope_factor": 4.0},
+    "rope-resonance": {**_SMALL, "pattern": "R", "rope_scaling": "resonance"},
+    "rope-fope": {**_SMALL, "pattern": "R", "rope_scaling": "fope"},
+    "p-rope": {**_SMALL, "pattern": "R", "rope_fraction": 0.75},
+    # Llama 4 iRoPE: 3 RoPE chunked-local layers + 1 NoPE global layer with temperature tuning,
+    # weightless L2 QK-norm on RoPE layers only
+    "llama4-irope": {**_SMALL, "pattern": "CCCN", "nope_temperature": "llama4", "rope_qk_l2norm": True},
+    # RNoPE-SWA with NoPE-layer temperature: Llama-4 formula / Scalable-Softmax (s·log n)
+    "rnope-swa-temp": {**_SMALL, "pattern": "SSSN", "nope_temperature": "llama4"},
+    "rnope-swa-ssmax": {**_SMALL, "pattern": "SSSN", "nope_temperature": "ssmax"},
+    # SmolLM3: NoPE every 4th layer, all full attention, Llama block (sequential, RMSNorm, half RoPE)
+    "smollm3": {**_SMALL, "pattern": "RRRN", "block": "sequential", "norm": "rmsnorm", "rope_layout": "half", "rope_theta": 5e6},
     # torchtitan-style debug model for tests
     "debug": dict(vocab_size=64, n_layer=4, d_model=32, n_head=4, n_kv_head=2, d_ff=64, max_seq_len=256, window=8, chunk_size=8),
 }

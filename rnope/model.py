@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .cache import HybridCache
 from .config import LayerSpec, ModelConfig
 from .kernels import attend_fresh, reference_attention, sdpa, visibility
-from .rope import apply_rotary, inv_frequencies, rotary_angles
+from .rope import apply_rotary, llama4_temperature, rope_tables, rotary_angles
 
 # observer(layer_idx, spec, q (B,H,Tq,D), k (B,Hkv,Tk,D), q_time (Tq,), k_time (Tk,), start (B,)|None)
 Observer = Callable[..., None]
@@ -40,6 +40,19 @@ class LayerNorm(nn.Module):
         return (y * self.weight.float()).to(x.dtype)
 
 
+class RMSNorm(LayerNorm):
+    """RMSNorm (Llama family), fp32 math."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+
+def make_norm(config: ModelConfig, shape: int | tuple[int, ...]) -> LayerNorm:
+    return (RMSNorm if config.norm == "rmsnorm" else LayerNorm)(shape, config.norm_eps)
+
+
 @dataclass
 class Context:
     """Per-forward facts shared by all layers: stream times, RoPE positions, padding, options."""
@@ -52,10 +65,21 @@ class Context:
     observer: Observer | None = None
     _angles: dict = field(default_factory=dict)
 
-    def angles(self, inv_freq: torch.Tensor, theta: float):
-        if theta not in self._angles:
-            self._angles[theta] = rotary_angles(self.positions, inv_freq)
-        return self._angles[theta]
+    def angles(self, attn: "Attention"):
+        """cos/sin for a layer's tables, computed once per distinct table per forward."""
+        key = attn.rope_key
+        if key not in self._angles:
+            self._angles[key] = rotary_angles(self.positions, attn.inv_freq, attn.rope_factor, attn.rope_mix)
+        return self._angles[key]
+
+    def visible_keys(self, spec: LayerSpec) -> torch.Tensor:
+        """Number of keys each query sees, n (B, T) — for Scalable-Softmax."""
+        n = self.positions + 1
+        if spec.span == "sliding":
+            n = n.clamp(max=spec.window)
+        elif spec.span == "chunked":
+            n = self.positions % spec.chunk + 1
+        return n
 
 
 class Attention(nn.Module):
@@ -68,11 +92,19 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
         self.v_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
+        self.layout = config.rope_layout
         if spec.qk_norm:  # QK-Norm baseline: LayerNorm over head_dim before the rotation (HF cohere)
-            self.q_norm = LayerNorm((self.n_head, self.head_dim), config.norm_eps)
-            self.k_norm = LayerNorm((self.n_kv_head, self.head_dim), config.norm_eps)
+            self.q_norm = make_norm(config, (self.n_head, self.head_dim))
+            self.k_norm = make_norm(config, (self.n_kv_head, self.head_dim))
         if spec.rope:
-            self.register_buffer("inv_freq", inv_frequencies(self.head_dim, spec.rope_theta), persistent=False)
+            inv, factor, mix = rope_tables(spec, self.head_dim, layer_idx=layer_idx)
+            self.register_buffer("inv_freq", inv, persistent=False)
+            self.register_buffer("rope_mix", mix, persistent=False)
+            self.rope_factor = factor
+            self.rope_key = (spec.rope_theta, spec.rope_scaling, spec.rope_factor, spec.rope_original_len,
+                             spec.rope_fraction, layer_idx if mix is not None else -1)
+        if spec.temperature == "ssmax":  # Scalable-Softmax: q · s_h · log n, s learnable per head
+            self.ssmax_scale = nn.Parameter(torch.full((self.n_head,), 1.0 / math.log(max(config.max_seq_len, 3))))
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         B, T, _ = x.shape
@@ -83,8 +115,16 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         if self.spec.rope:
-            cos, sin = ctx.angles(self.inv_freq, self.spec.rope_theta)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            cos, sin = ctx.angles(self)
+            q, k = apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
+            if self.spec.qk_l2norm:  # Llama 4: weightless RMS-style L2 norm after RoPE, RoPE layers only
+                q, k = _l2norm(q), _l2norm(k)
+        elif self.spec.temperature == "llama4":  # Llama 4 attn_temperature_tuning, NoPE layers only
+            scale = llama4_temperature(ctx.positions, self.spec.attn_temp_scale, self.spec.attn_temp_floor)
+            q = (q.float() * scale[:, None, :, None]).to(q.dtype)
+        elif self.spec.temperature == "ssmax":  # Scalable-Softmax (Nakanishi 2025): q · s·log(n)
+            logn = ctx.visible_keys(self.spec).float().log()  # (B, T)
+            q = (q.float() * (self.ssmax_scale.float()[None, :, None] * logn[:, None, :])[..., None]).to(q.dtype)
 
         cache = ctx.cache
         if cache is None or cache.seen == 0:
@@ -117,16 +157,23 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Cohere parallel block: ``x + attn(ln(x)) + mlp(ln(x))``."""
+    """Cohere parallel block ``x + attn(ln(x)) + mlp(ln(x))``, or (``block="sequential"``) the
+    Llama pre-norm block ``x += attn(ln1(x)); x += mlp(ln2(x))``."""
 
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
-        self.input_layernorm = LayerNorm(config.d_model, config.norm_eps)
+        self.input_layernorm = make_norm(config, config.d_model)
         self.self_attn = Attention(config, config.layers[layer_idx], layer_idx)
         self.mlp = MLP(config)
+        self.sequential = config.block == "sequential"
+        if self.sequential:
+            self.post_attention_layernorm = make_norm(config, config.d_model)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         h = self.input_layernorm(x)
+        if self.sequential:
+            x = x + self.self_attn(h, ctx)
+            return x + self.mlp(self.post_attention_layernorm(x))
         return x + self.self_attn(h, ctx) + self.mlp(h)
 
 
@@ -138,7 +185,7 @@ class Transformer(nn.Module):
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.norm = LayerNorm(config.d_model, config.norm_eps)
+        self.norm = make_norm(config, config.d_model)
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.attn_impl = "auto"  # "auto" | "dense" | "reference": which kernels fresh attention uses
@@ -225,6 +272,11 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
 def _left_padding(mask: torch.Tensor, B: int, T: int) -> torch.Tensor:
     """Pad counts per row from a (B, T) 0/1 mask; padding must be a prefix (left padding)."""
     if tuple(mask.shape) != (B, T):
@@ -248,6 +300,8 @@ def init_weights(model: Transformer) -> None:
     for name, p in model.named_parameters():
         if name.endswith("norm.weight") or "layernorm" in name:
             nn.init.ones_(p)
+        elif name.endswith("ssmax_scale"):
+            nn.init.constant_(p, 1.0 / math.log(max(cfg.max_seq_len, 3)))
         elif name.endswith(("o_proj.weight", "down_proj.weight")):
             nn.init.normal_(p, 0.0, out_std)
         else:
