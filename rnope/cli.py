@@ -19,6 +19,12 @@ import sys
 COMMAND_MODULES = [
     "rnope.commands.generate",
     "rnope.commands.info",
+    "rnope.commands.export",
+    "rnope.commands.import_hf",
+    "rnope.commands.train",
+    "rnope.commands.tokenizer_cmd",
+    "rnope.commands.analyze",
+    "rnope.commands.eval",
 ]
 
 
