@@ -69,7 +69,9 @@ class Context:
         """cos/sin for a layer's tables, computed once per distinct table per forward."""
         key = attn.rope_key
         if key not in self._angles:
-            self._angles[key] = rotary_angles(self.positions, attn.inv_freq, attn.rope_factor, attn.rope_mix)
+            dev = self.positions.device
+            mix = None if attn.rope_mix is None else attn.rope_mix.to(dev)
+            self._angles[key] = rotary_angles(self.positions, attn.inv_freq.to(dev), attn.rope_factor, mix)
         return self._angles[key]
 
     def visible_keys(self, spec: LayerSpec) -> torch.Tensor:
@@ -97,12 +99,11 @@ class Attention(nn.Module):
             self.q_norm = make_norm(config, (self.n_head, self.head_dim))
             self.k_norm = make_norm(config, (self.n_kv_head, self.head_dim))
         if spec.rope:
-            inv, factor, mix = rope_tables(spec, self.head_dim, layer_idx=layer_idx)
-            self.register_buffer("inv_freq", inv, persistent=False)
-            self.register_buffer("rope_mix", mix, persistent=False)
-            self.rope_factor = factor
+            # plain fp32 attributes, not buffers: model.to(bfloat16) must not round the frequencies
+            # (transformers keeps inv_freq in fp32 too); Context.angles moves them to the device
+            self.inv_freq, self.rope_factor, self.rope_mix = rope_tables(spec, self.head_dim, layer_idx=layer_idx)
             self.rope_key = (spec.rope_theta, spec.rope_scaling, spec.rope_factor, spec.rope_original_len,
-                             spec.rope_fraction, layer_idx if mix is not None else -1)
+                             spec.rope_fraction, layer_idx if self.rope_mix is not None else -1)
         if spec.temperature == "ssmax":  # Scalable-Softmax: q · s_h · log n, s learnable per head
             self.ssmax_scale = nn.Parameter(torch.full((self.n_head,), 1.0 / math.log(max(config.max_seq_len, 3))))
 
