@@ -1,0 +1,602 @@
+"""Shared evaluation machinery: loading checkpoints, the :class:`Predictor` protocol, batched
+generation and scoring over the hybrid KV cache, and argument parsing helpers.
+
+A :class:`Predictor` is what every text evaluation talks to::
+
+    name: str                      # the model's name in tables and file names
+    train_seq_len: int             # the training context length (marked in figures)
+    info: dict                     # written to the JSON (path, model config, ...)
+    encode(text) -> list[int]      # the model's own tokenizer (length fitting)
+    complete(prompts, max_new_tokens) -> list[str]       # greedy continuations
+    nll(contexts, continuations) -> list[(nll, greedy)]  # summed NLL of each continuation
+
+:class:`ModelPredictor` implements it over an rnope :class:`~rnope.model.Transformer`; test
+doubles (an oracle that reads the needle out of the prompt, a random guesser) implement the same
+protocol and go through the very same prompt building, batching, scoring and reporting.
+
+Memory: prompts are left-padded into batches of similar length and run through the hybrid cache
+in chunks (:func:`forward_chunks`), so only a chunk's ``chunk x vocab`` logits and ``chunk x
+context`` attention scores exist at once -- 8k-16k contexts fit on a CPU or one GPU. Unpadded
+inputs whose logits fit the budget run in one pass on the fast (flash / sliding) kernels.
+
+Training length (``train_seq_len``) of a checkpoint, first match wins:
+
+1. ``train_seq_len`` at the top level of the checkpoint's ``config.json`` (an explicit extra:
+   ``rnope.save(dir, model, tok, extra={"train_seq_len": 4096})``);
+2. the training run recorded in ``config.json`` (``run`` + ``stage`` extras written by ``rnope
+   train``): the longest ``seq_len`` of the stages up to and including the checkpoint's stage;
+3. the same from the run directory's ``run.json``;
+4. the model config's ``max_seq_len``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ModelPredictor",
+    "Predictor",
+    "auto_chunk",
+    "detect_train_seq_len",
+    "forward_chunks",
+    "greedy_generate",
+    "item_seed",
+    "left_pad",
+    "load_predictor",
+    "load_predictors",
+    "model_names",
+    "parse_depths",
+    "parse_lengths",
+    "parse_names",
+    "pick_device",
+    "pick_dtype",
+    "predictor_meta",
+    "progress_bar",
+    "run_items",
+    "score_tokens",
+    "validation_essay",
+]
+
+LOGIT_BUDGET = 256 * 2**20  # bytes of logits alive at once
+ATTN_BUDGET = 512 * 2**20  # bytes of masked attention scores alive at once (chunked path)
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What the text evaluations need from a model (see module doc)."""
+
+    name: str
+    train_seq_len: int
+    info: dict
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def complete(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]: ...
+
+    def nll(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[tuple[float, bool]]: ...
+
+
+# ----------------------------------------------------------------------------------------- parsing
+_LEN_RE = re.compile(r"^(\d+)([kK]?)$")
+
+
+def parse_lengths(text: str | Sequence[int], what: str = "--lengths") -> list[int]:
+    """``"256,512,1k,16k"`` -> ``[256, 512, 1024, 16384]`` (sorted, distinct, each >= 1)."""
+    if not isinstance(text, str):
+        vals = [int(v) for v in text]
+    else:
+        vals = []
+        for part in text.split(","):
+            part = part.strip()
+            m = _LEN_RE.match(part)
+            if not m:
+                raise ValueError(f"{what}: {part!r} is not a positive integer (e.g. 256, 4096 or 4k)")
+            vals.append(int(m.group(1)) * (1024 if m.group(2) else 1))
+    if not vals:
+        raise ValueError(f"{what} is empty")
+    for v in vals:
+        if v < 1:
+            raise ValueError(f"{what}: {v} must be >= 1")
+    return sorted(set(vals))
+
+
+def parse_depths(text: str | Sequence[float]) -> list[float]:
+    """``"0,10,50,100"`` or ``"0:100:10"`` (inclusive range) -> sorted distinct depths in [0, 100]."""
+    vals: list[float] = []
+    if not isinstance(text, str):
+        vals = [float(v) for v in text]
+    else:
+        for part in text.split(","):
+            part = part.strip()
+            try:
+                if ":" in part:
+                    a, b, step = (float(x) for x in part.split(":"))
+                    if step <= 0:
+                        raise ValueError
+                    n = int(math.floor((b - a) / step + 1e-9)) + 1
+                    vals.extend(round(a + i * step, 6) for i in range(max(n, 0)))
+                else:
+                    vals.append(float(part))
+            except ValueError:
+                raise ValueError(f"--depths: {part!r} is not a number or START:STOP:STEP range") from None
+    if not vals:
+        raise ValueError("--depths is empty")
+    for v in vals:
+        if not (0.0 <= v <= 100.0) or math.isnan(v):
+            raise ValueError(f"--depths: {v:g} is outside 0-100 (depths are percentages)")
+    return sorted(set(vals))
+
+
+def parse_names(text: str | None, n: int) -> list[str] | None:
+    """``--names a,b`` for ``n`` checkpoints (None when not given)."""
+    if text is None:
+        return None
+    names = [s.strip() for s in text.split(",")]
+    if len(names) != n or not all(names):
+        raise ValueError(f"--names needs {n} non-empty comma-separated names (one per --ckpt), got {text!r}")
+    return names
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+
+
+def model_names(ckpts: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
+    """Names for the checkpoints: ``names`` or each directory's name (``RUN-step_N`` for a
+    checkpoint inside a run's ``checkpoints/``); made file-name safe; must be distinct."""
+    out = []
+    for i, c in enumerate(ckpts):
+        if names is not None:
+            out.append(_safe(names[i]))
+            continue
+        p = Path(c).resolve()
+        n = p.name
+        if p.parent.name == "checkpoints" and p.parent.parent.name:
+            n = f"{p.parent.parent.name}-{n}"
+        out.append(_safe(n))
+    dup = sorted({n for n in out if out.count(n) > 1})
+    if dup:
+        raise ValueError(f"two checkpoints share the name {dup[0]!r}; give distinct names with --names")
+    return out
+
+
+def item_seed(seed: int, *parts: object) -> int:
+    """A stable per-item seed derived from the run seed and the item's coordinates."""
+    from ..tasks import stable_seed
+
+    return stable_seed("rnope-eval", int(seed), *parts) >> 1
+
+
+def validation_essay() -> list[str]:
+    """The essay haystack: the built-in prose corpus's **validation** documents (the default
+    training split: ``split_documents(builtin_documents("prose"))``, val_fraction 0.02, seed 0),
+    so eval prose is held out from training on the built-in corpus."""
+    from ..data import builtin_documents, split_documents
+
+    _, val = split_documents(builtin_documents("prose"))
+    if not val:
+        raise ValueError("the built-in prose corpus has no validation documents for the essay haystack")
+    return val
+
+
+# ----------------------------------------------------------------------------------------- loading
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device: unknown device {name!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available")
+    return dev
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"--dtype: unknown dtype {name!r} (known: auto, {', '.join(_DTYPES)})")
+    return _DTYPES[name]
+
+
+def _run_seq_len(run: dict, stage: Any) -> int | None:
+    stages = run.get("stages") or []
+    if isinstance(stages, list) and stages:
+        names = [s.get("name") if isinstance(s, dict) else None for s in stages]
+        upto = stages[: names.index(stage) + 1] if stage in names else stages
+        lens = [s["seq_len"] for s in upto if isinstance(s, dict) and isinstance(s.get("seq_len"), int)]
+        return max(lens) if lens else None
+    v = run.get("seq_len")
+    return v if isinstance(v, int) and v > 0 else None
+
+
+def detect_train_seq_len(ckpt_dir: str | Path, max_seq_len: int) -> tuple[int, str]:
+    """``(train_seq_len, where it came from)`` for a resolved checkpoint directory (module doc)."""
+    d = Path(ckpt_dir)
+    try:
+        meta = json.loads((d / "config.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    if isinstance(meta, dict):
+        v = meta.get("train_seq_len")
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v, "config.json train_seq_len"
+        if isinstance(meta.get("run"), dict):
+            v = _run_seq_len(meta["run"], meta.get("stage"))
+            if v:
+                return v, "config.json run stages"
+    for run_json in (d / "run.json", d.parent.parent / "run.json"):
+        try:
+            info = json.loads(run_json.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and isinstance(info.get("run"), dict):
+            v = _run_seq_len(info["run"], None)
+            if v:
+                return v, "run.json"
+    return int(max_seq_len), "model max_seq_len"
+
+
+def load_predictor(
+    path: str,
+    name: str | None = None,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    batch_size: int = 8,
+    need_tokenizer: bool = True,
+) -> "ModelPredictor":
+    """A :class:`ModelPredictor` for a checkpoint / run / Hugging Face directory."""
+    from ..checkpoint import load, resolve
+
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    dt = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dtype, dev)
+    d = resolve(path)
+    if need_tokenizer and not (d / "tokenizer.json").exists():
+        raise ValueError(f"checkpoint '{path}' has no tokenizer.json: text evaluations need the model's tokenizer")
+    model, tok = load(path, device=dev, dtype=dt)
+    if need_tokenizer and tok is None:
+        raise ValueError(f"checkpoint '{path}' has no tokenizer.json: text evaluations need the model's tokenizer")
+    L, src = detect_train_seq_len(d, model.config.max_seq_len)
+    name = name or model_names([path])[0]
+    info = {
+        "path": str(Path(path).resolve()),
+        "checkpoint": str(d.resolve()),
+        "config": model.config.to_dict(),
+        "parameters": model.num_params(),
+        "train_seq_len": L,
+        "train_seq_len_source": src,
+        "tokenizer_vocab_size": None if tok is None else tok.vocab_size,
+        "device": str(dev),
+        "dtype": str(dt).replace("torch.", ""),
+    }
+    return ModelPredictor(model, tok, name=name, train_seq_len=L, info=info, batch_size=batch_size)
+
+
+def load_predictors(
+    ckpts: Sequence[str],
+    names: Sequence[str] | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    batch_size: int = 8,
+    need_tokenizer: bool = True,
+) -> list["ModelPredictor"]:
+    """Load every checkpoint (errors name the checkpoint; nothing is written)."""
+    if not ckpts:
+        raise ValueError("give at least one --ckpt")
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    labels = model_names(ckpts, names)
+    return [
+        load_predictor(c, n, device=dev, dtype=dt, batch_size=batch_size, need_tokenizer=need_tokenizer)
+        for c, n in zip(ckpts, labels)
+    ]
+
+
+# ----------------------------------------------------------------------------------------- forward
+def auto_chunk(model, batch: int, length: int, padded: bool) -> int:
+    """Chunk size for :func:`forward_chunks`: the whole input when it is unpadded and its logits
+    fit :data:`LOGIT_BUDGET` (one pass on the fast kernels); otherwise the largest chunk whose
+    logits and masked attention scores fit the budgets (at least 16)."""
+    cfg = model.config
+    c_logits = LOGIT_BUDGET // max(1, batch * cfg.vocab_size * 4)
+    if not padded and length <= c_logits:
+        return length
+    c_attn = ATTN_BUDGET // max(1, batch * cfg.n_head * length * 4)
+    return max(16, min(length, c_logits, c_attn))
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(tokens (B, T), mask (B, T) or None when no row is padded)."""
+    T = max(len(p) for p in prompts)
+    tokens = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        tokens[i, T - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, T - len(p) :] = 1
+    padded = bool((mask == 0).any())
+    return tokens.to(device), (mask.to(device) if padded else None)
+
+
+def forward_chunks(
+    model, tokens: torch.Tensor, mask: torch.Tensor | None, cache, chunk_size: int
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Run ``tokens`` (B, T) through ``model`` into ``cache`` chunk by chunk; yield ``(t0, t1,
+    logits (B, t1-t0, V))`` per chunk (logits at position p predict token p+1). The first chunk
+    holds at least one real token of every left-padded row."""
+    B, T = tokens.shape
+    first = chunk_size
+    if mask is not None:
+        first = max(first, int((mask == 0).sum(dim=1).max()) + 1)
+    t0 = 0
+    while t0 < T:
+        t1 = min(T, t0 + (first if t0 == 0 else chunk_size))
+        am = mask[:, :t1] if (t0 == 0 and mask is not None) else None
+        logits = model(tokens[:, t0:t1], cache=cache, attention_mask=am)
+        yield t0, t1, logits
+        t0 = t1
+
+
+@torch.inference_mode()
+def greedy_generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    stop_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    chunk_size: int | None = None,
+) -> list[list[int]]:
+    """Greedy continuation of each prompt (left-padded batch, chunked prefill into the hybrid
+    cache, then one token per step) -- what :func:`rnope.generate.generate` does at temperature 0,
+    without materialising the prompt's full ``T x vocab`` logits. Stop tokens are included."""
+    from ..generate import decode_one_token
+
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    if max_new_tokens < 1:
+        return [[] for _ in prompts]
+    device = model.embed_tokens.weight.device
+    tokens, mask = left_pad(prompts, pad_id, device)
+    B, T = tokens.shape
+    chunk = chunk_size or auto_chunk(model, B, T, mask is not None)
+    cache = model.new_cache(B, T + max_new_tokens)
+    logits = None
+    for _, _, lg in forward_chunks(model, tokens, mask, cache, chunk):
+        logits = lg[:, -1]
+    stops = set(int(s) for s in stop_ids)
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    for step in range(max_new_tokens):
+        nxt = logits.argmax(dim=-1)
+        for i, t in enumerate(nxt.tolist()):
+            if not done[i]:
+                out[i].append(t)
+                done[i] = t in stops
+        if all(done) or step == max_new_tokens - 1:
+            break
+        logits = decode_one_token(model, nxt, cache)
+    return out
+
+
+@torch.inference_mode()
+def score_tokens(
+    model,
+    rows: Sequence[Sequence[int]],
+    n_score: Sequence[int],
+    *,
+    pad_id: int = 0,
+    chunk_size: int | None = None,
+) -> list[tuple[list[float], list[bool]]]:
+    """Log-probabilities (float64 sums are safe) of the last ``n_score[i]`` tokens of each row,
+    and whether each is the greedy (argmax) choice. Rows are left-padded into one batch; logits
+    exist only for one chunk at a time and log-softmax only for the scored positions."""
+    if len(rows) != len(n_score):
+        raise ValueError("rows and n_score differ in length")
+    for r, n in zip(rows, n_score):
+        if not 1 <= n < len(r):
+            raise ValueError(f"cannot score {n} tokens of a {len(r)}-token row (need 1 <= n < length)")
+    device = model.embed_tokens.weight.device
+    tokens, mask = left_pad(rows, pad_id, device)
+    B, T = tokens.shape
+    K = max(n_score)
+    lo = T - K - 1  # first position whose logits are needed
+    chunk = chunk_size or auto_chunk(model, B, T, mask is not None)
+    cache = model.new_cache(B, T)
+    lp = torch.zeros((B, K), dtype=torch.float64, device=device)
+    greedy = torch.zeros((B, K), dtype=torch.bool, device=device)
+    for t0, t1, logits in forward_chunks(model, tokens, mask, cache, chunk):
+        a, b = max(t0, lo), min(t1, T - 1)
+        if a >= b:
+            continue
+        lg = logits[:, a - t0 : b - t0].float()
+        tgt = tokens[:, a + 1 : b + 1]
+        logp = F.log_softmax(lg, dim=-1)
+        lp[:, a - lo : b - lo] = logp.gather(-1, tgt[..., None]).squeeze(-1).double()
+        greedy[:, a - lo : b - lo] = lg.argmax(dim=-1) == tgt
+    out = []
+    for i, n in enumerate(n_score):
+        out.append((lp[i, K - n :].tolist(), greedy[i, K - n :].tolist()))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- predictor
+class ModelPredictor:
+    """:class:`Predictor` over an rnope model and its tokenizer (module doc)."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str = "model",
+        train_seq_len: int | None = None,
+        info: dict | None = None,
+        batch_size: int = 8,
+        max_length: int | None = None,
+        chunk_size: int | None = None,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.train_seq_len = int(train_seq_len or model.config.max_seq_len)
+        self.info = info if info is not None else {"config": model.config.to_dict(), "train_seq_len": self.train_seq_len}
+        self.batch_size = batch_size
+        self.max_length = max_length  # truncate nll inputs to this many tokens (lm_eval convention)
+        self.chunk_size = chunk_size
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def _tok(self):
+        if self.tokenizer is None:
+            raise ValueError(f"model {self.name!r} has no tokenizer: text evaluations need one")
+        return self.tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok().encode(text)
+
+    def _batches(self, lengths: Sequence[int]) -> Iterator[list[int]]:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        for s in range(0, len(order), self.batch_size):
+            yield order[s : s + self.batch_size]
+
+    def complete_ids(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuation ids (eos dropped) for token prompts, batched by similar length."""
+        tok = self.tokenizer
+        eos = tok.eos_id if tok is not None else None
+        pad = tok.pad_id if tok is not None else 0
+        outs: list[list[int]] = [[] for _ in prompts]
+        for idx in self._batches([len(p) for p in prompts]):
+            res = greedy_generate(self.model, [prompts[i] for i in idx], max_new_tokens,
+                                  stop_ids=() if eos is None else (eos,), pad_id=pad, chunk_size=self.chunk_size)
+            for i, o in zip(idx, res):
+                outs[i] = [t for t in o if t != eos]
+        return outs
+
+    def complete(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        tok = self._tok()
+        ids = tok.encode_batch(list(prompts))
+        for i, p in enumerate(ids):
+            if not p:
+                ids[i] = [tok.bos_id]
+        return [tok.decode(o) for o in self.complete_ids(ids, max_new_tokens)]
+
+    def split_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids of (context, continuation) as scored: the continuation's tokens are those of
+        ``encode(context + continuation)`` past the context's (so merges across the boundary are
+        handled); an empty context becomes ``[bos]``."""
+        tok = self._tok()
+        whole = tok.encode(context + continuation)
+        ctx = tok.encode(context) if context else []
+        if whole[: len(ctx)] == ctx:
+            cont = whole[len(ctx) :]
+        else:
+            cont = tok.encode(continuation)
+        return (ctx or [tok.bos_id]), cont
+
+    def nll_ids(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
+        """Summed NLL (nats) of each continuation given its context, and whether greedy decoding
+        reproduces it. Inputs longer than ``max_length`` keep their last ``max_length`` tokens."""
+        tok = self.tokenizer
+        pad = tok.pad_id if tok is not None else 0
+        rows, ns, res = [], [], [None] * len(pairs)
+        for i, (ctx, cont) in enumerate(pairs):
+            seq = list(ctx) + list(cont)
+            if self.max_length and len(seq) > self.max_length + 1:
+                seq = seq[-(self.max_length + 1) :]
+            rows.append(seq)
+            ns.append(min(len(cont), len(seq) - 1))
+        todo = [i for i in range(len(pairs)) if ns[i] > 0]
+        for i in range(len(pairs)):
+            if ns[i] <= 0:
+                res[i] = (0.0, True)
+        for idx in self._batches([len(rows[i]) for i in todo]):
+            idx = [todo[j] for j in idx]
+            out = score_tokens(self.model, [rows[i] for i in idx], [ns[i] for i in idx], pad_id=pad,
+                               chunk_size=self.chunk_size)
+            for i, (lp, gr) in zip(idx, out):
+                res[i] = (-math.fsum(lp), all(gr))
+        return res  # type: ignore[return-value]
+
+    def nll(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[tuple[float, bool]]:
+        if len(contexts) != len(continuations):
+            raise ValueError("contexts and continuations differ in length")
+        return self.nll_ids([self.split_pair(c, x) for c, x in zip(contexts, continuations)])
+
+    def token_logprobs(self, rows: Sequence[Sequence[int]], n_score: int | Sequence[int]) -> list[tuple[list[float], list[bool]]]:
+        """Per-token log-probs and greedy flags of the last ``n_score`` tokens of each row
+        (no truncation), batched ``batch_size`` rows at a time."""
+        ns = [n_score] * len(rows) if isinstance(n_score, int) else list(n_score)
+        pad = self.tokenizer.pad_id if self.tokenizer is not None else 0
+        res: list[Any] = [None] * len(rows)
+        for idx in self._batches([len(r) for r in rows]):
+            out = score_tokens(self.model, [rows[i] for i in idx], [ns[i] for i in idx], pad_id=pad,
+                               chunk_size=self.chunk_size)
+            for i, o in zip(idx, out):
+                res[i] = o
+        return res
+
+
+# ----------------------------------------------------------------------------------------- running
+def progress_bar(total: int, desc: str, enabled: bool = True):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+
+
+def run_items(
+    predictor: Predictor,
+    items: Sequence[Any],
+    batch_size: int,
+    *,
+    desc: str = "eval",
+    progress: bool = True,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+) -> list[str]:
+    """Greedy continuations of ``items`` (``.prompt``, ``.gen_tokens``) through ``predictor``:
+    items are grouped by generation budget and sorted by prompt size so each batch holds prompts
+    of similar length; results come back in the items' order."""
+    preds: list[str] = [""] * len(items)
+    order = sorted(range(len(items)), key=lambda i: (items[i].gen_tokens, -len(items[i].prompt), i))
+    with progress_bar(len(items), desc, progress) as bar:
+        s = 0
+        while s < len(order):
+            g = items[order[s]].gen_tokens
+            idx = [order[s]]
+            s += 1
+            while s < len(order) and len(idx) < batch_size and items[order[s]].gen_tokens == g:
+                idx.append(order[s])
+                s += 1
+            out = predictor.complete([items[i].prompt for i in idx], g)
+            if len(out) != len(idx):
+                raise RuntimeError(f"predictor returned {len(out)} completions for {len(idx)} prompts")
+            for i, o in zip(idx, out):
+                preds[i] = o
+            if on_batch is not None:
+                on_batch(idx, out)
+            bar.update(len(idx))
+    return preds
+
+
+def predictor_meta(predictors: Sequence[Predictor]) -> dict[str, dict]:
+    """``{name: info}`` for the JSON outputs."""
+    return {p.name: {**dict(getattr(p, "info", {}) or {}), "train_seq_len": p.train_seq_len} for p in predictors}
