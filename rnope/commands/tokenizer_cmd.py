@@ -1,0 +1,82 @@
+"""``rnope tokenizer train``: train a byte-level BPE ``tokenizer.json`` on a corpus spec.
+
+    rnope tokenizer train --vocab-size 4096 --data builtin --out tok.json
+
+The tokenizer has ``<pad>``, ``<bos>``, ``<eos>`` at ids 0-2 and round-trips any text
+(:mod:`rnope.tokenizer`). Use it with ``rnope train --tokenizer tok.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+NAME = "tokenizer"
+HELP = "tokenizer tools: `rnope tokenizer train --vocab-size N --data SPEC --out FILE`"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    t = sub.add_parser("train", help="train a byte-level BPE tokenizer.json", description="train a byte-level BPE tokenizer.json")
+    t.add_argument("--vocab-size", required=True, help="tokens including the 3 specials and 256 bytes (>= 260)")
+    t.add_argument("--data", default="builtin", help="corpus spec (see `rnope train --help`; default builtin)")
+    t.add_argument("--out", required=True, help="tokenizer.json to write")
+    t.add_argument("--text-field", default="text", help="JSONL/parquet field holding the text")
+    t.add_argument("--max-chars", default=None, help="train on at most this many characters (default: all)")
+
+
+def _int(flag: str, raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{flag}: {raw!r} is not a valid integer") from None
+
+
+def run(args) -> int:
+    from ..data import iter_documents
+    from ..tokenizer import Tokenizer
+
+    vocab = _int("--vocab-size", args.vocab_size)
+    max_chars = _int("--max-chars", args.max_chars)
+    if vocab < 260:
+        raise ValueError(f"--vocab-size must be >= 260 (3 specials + 256 bytes + 1 merge), got {vocab}")
+    if max_chars is not None and max_chars < 1:
+        raise ValueError(f"--max-chars must be >= 1, got {max_chars}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out '{out}' is a directory")
+    if not args.data.startswith(("builtin", "hf:")):
+        p = Path(args.data)
+        if not p.exists():
+            raise ValueError(f"--data '{args.data}' does not exist")
+        if p.is_file() and p.stat().st_size == 0:
+            raise ValueError(f"--data '{args.data}' is empty")
+
+    seen = {"docs": 0, "chars": 0}
+
+    def texts():
+        for doc in iter_documents(args.data, text_field=args.text_field):
+            if max_chars is not None and seen["chars"] >= max_chars:
+                return
+            if max_chars is not None:
+                doc = doc[: max_chars - seen["chars"]]
+            seen["docs"] += 1
+            seen["chars"] += len(doc)
+            yield doc
+
+    docs = texts()
+    first = next(docs, None)
+    if first is None:
+        raise ValueError(f"--data '{args.data}' holds no documents")
+
+    def all_docs():
+        yield first
+        yield from docs
+
+    tok = Tokenizer.train_bpe(all_docs(), vocab, show_progress=sys.stderr.isatty())
+    tok.save(out)
+    print(f"wrote {out}: {tok.vocab_size} tokens from {seen['docs']} documents ({seen['chars']:,} characters)", file=sys.stderr)
+    return 0

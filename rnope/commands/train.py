@@ -1,0 +1,251 @@
+"""``rnope train``: train a preset on a corpus (stages, checkpoints, exact resume, torchrun DDP/FSDP).
+
+Everything is validated before ``--out`` is created: a bad flag, config key, preset, data path,
+sequence length, tokenizer, or a resume whose model config differs gives one line
+``rnope: error: ...`` and exit code 2 with nothing written. See :mod:`rnope.train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+NAME = "train"
+HELP = "train a model: --preset NAME --out DIR [--config run.yaml] [--resume] [--model.FIELD VALUE ...]"
+
+# flag -> (RunConfig field, kind); every flag defaults to None so only explicit ones override
+_FLAGS = {
+    "--data": ("data", str),
+    "--tokenizer": ("tokenizer", str),
+    "--cache-dir": ("cache_dir", str),
+    "--max-steps": ("max_steps", int),
+    "--seq-len": ("seq_len", int),
+    "--batch-size": ("batch_size", int),
+    "--grad-accum": ("grad_accum", int),
+    "--lr": ("lr", float),
+    "--min-lr": ("min_lr", float),
+    "--warmup": ("warmup", int),
+    "--weight-decay": ("weight_decay", float),
+    "--clip": ("clip", float),
+    "--seed": ("seed", int),
+    "--save-every": ("save_every", int),
+    "--keep": ("keep", int),
+    "--eval-every": ("eval_every", int),
+    "--eval-batches": ("eval_batches", int),
+    "--log-every": ("log_every", int),
+    "--synthetic-ratio": ("synthetic_ratio", float),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="model preset (see `rnope info`); taken from the run when resuming")
+    p.add_argument("--out", required=True, help="run directory (metrics.jsonl, run.json, checkpoints/)")
+    p.add_argument("--config", help="YAML/JSON run config (keys of rnope.train.RunConfig, stages: [...])")
+    helps = {
+        "--data": "corpus spec: builtin[:prose|:code], a .txt/.md/.jsonl/.parquet file, a folder, hf:PATH (default builtin)",
+        "--tokenizer": "byte (default) or a tokenizer.json path",
+        "--cache-dir": "token shard cache (default $RNOPE_CACHE or OUT/data)",
+        "--max-steps": "optimizer steps (default 300), or a cap on the stages' total",
+        "--seq-len": "tokens per sequence (single-stage runs; default 256)",
+        "--batch-size": "sequences per micro-batch per process (default 16)",
+        "--grad-accum": "micro-batches per optimizer step (default 1)",
+        "--synthetic-ratio": "fraction of sequences that are synthetic retrieval documents (default 0.25)",
+        "--keep": "checkpoints to keep (default 3)",
+        "--log-every": "steps between host syncs for metrics (default 1 on CPU, 10 on GPU)",
+        "--eval-every": "steps between validations (0: only at the end; default 50)",
+        "--eval-batches": "validation batches (default 4)",
+        "--lr": "peak learning rate (default 3e-3)",
+        "--min-lr": "final learning rate of the cosine decay (default 3e-4)",
+        "--warmup": "linear warm-up steps per stage (default 10%% of the stage)",
+        "--weight-decay": "AdamW weight decay on matrices (default 0.1)",
+        "--clip": "gradient-norm clipping, 0 = off (default 1.0)",
+        "--seed": "seed of init, data order and synthetic documents (default 0)",
+        "--save-every": "steps between checkpoints (0: only at the end; default 100)",
+    }
+    for flag, (_, kind) in _FLAGS.items():
+        p.add_argument(flag, default=None, metavar=kind.__name__.upper() if kind is not str else None, help=helps.get(flag))
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--distributed", choices=("auto", "none", "ddp", "fsdp"), default=None,
+                   help="auto (default): ddp under torchrun with several processes")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.set_defaults(_accepts_extra=True)
+
+
+def _typed(flag: str, raw: str, kind):
+    if kind is str:
+        return raw
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"{flag}: {raw!r} is not a valid {'integer' if kind is int else 'number'}") from None
+
+
+def _first_difference(a, b) -> str | None:
+    da, db = a.to_dict(), b.to_dict()
+    for k in da:
+        if da[k] != db.get(k):
+            return k
+    return None
+
+
+def _check_data(spec: str) -> None:
+    """The corpus exists and holds at least one document (reads only the first)."""
+    from ..data import iter_documents
+
+    if not spec.startswith(("builtin", "hf:")):
+        p = Path(spec)
+        if not p.exists():
+            raise ValueError(f"--data '{spec}' does not exist")
+        if p.is_file() and p.stat().st_size == 0:
+            raise ValueError(f"--data '{spec}' is empty")
+    if next(iter(iter_documents(spec)), None) is None:
+        raise ValueError(f"--data '{spec}' holds no documents")
+
+
+def _run_info() -> dict:
+    import platform
+    import subprocess
+    import sys
+
+    import numpy
+    import tokenizers
+    import torch
+
+    from .. import __version__
+
+    sha = None
+    try:
+        here = Path(__file__).resolve().parent
+        r = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        sha = r.stdout.strip() or None if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    hw = {"machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+          "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    if torch.cuda.is_available():
+        hw["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"git_sha": sha, "hardware": hw,
+            "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "rnope": __version__,
+                         "numpy": numpy.__version__, "tokenizers": tokenizers.__version__}}
+
+
+def build_plan(args):
+    """Validate everything and return a :class:`rnope.train.Plan`; writes nothing."""
+    from ..checkpoint import read_config
+    from ..cli import model_overrides
+    from ..config import ModelConfig
+    from ..tokenizer import Tokenizer
+    from ..train import Plan, RunConfig, load_run_file, stage_model_configs
+    from ..train.distributed import resolve_mode
+    from ..train.mix import check_synthetic
+    from ..train.state import STATE_JSON, latest_checkpoint
+
+    import json
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out '{out}' exists and is not a directory")
+    cli = {field: _typed(flag, getattr(args, field), kind) for flag, (field, kind) in _FLAGS.items() if getattr(args, field) is not None}
+    if args.preset is not None:
+        cli["preset"] = args.preset
+    if args.compile is not None:
+        cli["compile"] = True
+    if args.distributed is not None:
+        cli["distributed"] = args.distributed
+    cli_model = model_overrides(args._extra)
+
+    # precedence: resumed run < --config < flags
+    base: dict = {}
+    resume_from = saved = None
+    if args.resume:
+        if not out.is_dir():
+            raise ValueError(f"--resume: run directory '{out}' does not exist")
+        resume_from = latest_checkpoint(out)
+        if resume_from is None:
+            raise ValueError(f"--resume: '{out}' has no complete checkpoint under checkpoints/")
+        saved = json.loads((resume_from / STATE_JSON).read_text(encoding="utf-8"))
+        base = dict(saved.get("run", {}))
+    elif out.is_dir() and ((out / "checkpoints").exists() or (out / "metrics.jsonl").exists()):
+        raise ValueError(f"--out '{out}' already holds a run; pass --resume to continue it or choose another directory")
+    file = load_run_file(args.config) if args.config else {}
+    where = f"config file '{args.config}': " if args.config else ""
+    if "seq_len" in cli and (file.get("stages") or base.get("stages")):
+        raise ValueError("--seq-len cannot be combined with stages in the run config; set seq_len per stage")
+    merged = {**base, **file, **cli}
+    merged["model"] = {**(base.get("model") or {}), **(file.get("model") or {}), **cli_model}
+    run = RunConfig.from_dict(merged, where)
+    try:
+        run.validate()
+    except ValueError as e:  # name the flag or the file the bad value came from
+        msg = str(e)
+        key = msg.split(" ", 1)[0]
+        flag = next((f for f, (k, _) in _FLAGS.items() if k == key), None)
+        if key in cli and flag:
+            raise ValueError(flag + msg[len(key):]) from None
+        if key in file or key.startswith("stages["):
+            raise ValueError(where + msg) from None
+        raise
+    if run.preset is None:
+        raise ValueError("--preset is required (or set preset: in --config)")
+
+    # tokenizer, then the model config of each stage
+    if resume_from is not None and (resume_from / "tokenizer.json").exists():
+        tok = Tokenizer.load(resume_from / "tokenizer.json")
+        if "tokenizer" in cli:
+            mine = Tokenizer.byte_level() if run.tokenizer == "byte" else Tokenizer.load(run.tokenizer)
+            if mine.content_hash != tok.content_hash:
+                raise ValueError(f"cannot resume '{out}': --tokenizer {run.tokenizer} differs from the run's tokenizer.json")
+    elif run.tokenizer == "byte":
+        tok = Tokenizer.byte_level()
+    else:
+        if not Path(run.tokenizer).exists():
+            raise ValueError(f"--tokenizer '{run.tokenizer}' does not exist")
+        tok = Tokenizer.load(run.tokenizer)
+    overrides = dict(run.model)
+    vocab = overrides.get("vocab_size")
+    if vocab is None:
+        overrides["vocab_size"] = tok.vocab_size
+    elif vocab < tok.vocab_size:
+        raise ValueError(f"vocab_size {vocab} is smaller than the tokenizer's {tok.vocab_size} tokens")
+    model = ModelConfig.from_preset(run.preset, **overrides)
+    stages = run.resolved_stages()
+    models = stage_model_configs(model, stages)
+
+    # data, synthetic documents, distribution
+    _check_data(run.data)
+    for st in stages:
+        ratio = run.synthetic_ratio if st.synthetic_ratio is None else st.synthetic_ratio
+        for L in st.lengths:
+            check_synthetic(tok, kinds=run.synthetic_kinds, L=L, ratio=ratio)
+    mode = resolve_mode(run.distributed)
+
+    if resume_from is not None:
+        got, _ = read_config(resume_from)
+        i = int(saved.get("stage", 0))
+        if i >= len(stages) or saved.get("stage_name") != stages[i].name:
+            raise ValueError(f"cannot resume '{out}': its checkpoint is in stage {saved.get('stage_name')!r}, "
+                             f"which this run config does not have at position {i}")
+        want = models[i]
+        field = _first_difference(got, want)
+        if field is not None:
+            raise ValueError(f"cannot resume '{out}': model config field '{field}' differs "
+                             f"(checkpoint: {getattr(got, field)!r}, this run: {getattr(want, field)!r})")
+    cache = Path(run.cache_dir or os.environ.get("RNOPE_CACHE") or out / "data")
+    return Plan(run=run, out=out, stages=stages, models=models, tokenizer=tok, mode=mode, cache_dir=cache,
+                resume_from=resume_from, run_info=_run_info())
+
+
+def run(args) -> int:
+    from ..train import train
+
+    plan = build_plan(args)
+    created = not plan.out.exists()
+    plan.out.mkdir(parents=True, exist_ok=True)
+    try:
+        return train(plan)
+    except ValueError:  # e.g. a corpus file that turns out malformed while tokenizing
+        if created and not (plan.out / "checkpoints").exists() and os.environ.get("RANK", "0") == "0":
+            shutil.rmtree(plan.out, ignore_errors=True)
+        raise
