@@ -394,3 +394,18 @@ def test_copy_task() -> None:
     assert torch.equal(copy_task(0, 100, 50, 16)[0], tokens)
     with pytest.raises(ValueError):
         copy_task(0, 10, 50, 10)
+
+
+def test_copy_document_repeats_its_first_half_in_tokens():
+    from rnope.tasks.train_mix import copy_document, synthetic_documents
+    from rnope.tokenizer import Tokenizer
+
+    tok = Tokenizer.byte_level()
+    doc = copy_document(3, 200, encode=tok.encode)
+    ids = tok.encode(doc)
+    half = len(ids) // 2
+    assert 150 <= len(ids) <= 200
+    assert ids[half] == tok.encode(" ")[0] and ids[half + 1 :] == ids[:half]  # A + " " + A
+    assert copy_document(3, 200, encode=tok.encode) == doc != copy_document(4, 200, encode=tok.encode)
+    for d in synthetic_documents(0, 5, encode=tok.encode, lengths=[200], kinds=["copy"]):
+        assert d == d[: len(d) // 2] + " " + d[: len(d) // 2]

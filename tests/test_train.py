@@ -371,3 +371,22 @@ def test_tokenizer_train_command(tmp_path, small_corpus, capsys):
                  "--eval-every", "0", "--synthetic-ratio", "0"]) == 0
     model, tok2 = rnope.load(run)
     assert model.config.vocab_size == 320 and tok2.vocab_size == 320
+
+
+def test_stage_model_overrides_and_kinds_carry_forward():
+    from rnope.config import ModelConfig
+    from rnope.train.runconfig import RunConfig, stage_model_configs
+
+    run = RunConfig.from_dict({"stages": [
+        {"name": "warm", "steps": 2, "seq_len": 64, "synthetic_kinds": ["copy"]},
+        {"name": "pre", "steps": 2, "seq_len": 64},
+        {"name": "long", "steps": 2, "seq_len": 256, "model": {"rope_scaling": "yarn", "rope_factor": 4.0, "rope_original_len": 64}},
+    ]})
+    run.validate()
+    assert run.stages[0].synthetic_kinds == ("copy",) and run.stages[1].synthetic_kinds is None
+    cfgs = stage_model_configs(ModelConfig.from_preset("rope", max_seq_len=64), run.stages)
+    assert [c.rope_scaling for c in cfgs] == ["none", "none", "yarn"]
+    assert cfgs[2].max_seq_len == 256 and cfgs[2].layers[0].rope_original_len == 64
+    bad = RunConfig.from_dict({"stages": [{"name": "a", "steps": 1, "seq_len": 8, "model": {"d_model": 8}}]})
+    with pytest.raises(ValueError, match=r"^stages\[0\] \('a'\): model: 'd_model' changes the weights' shapes or layout and cannot change between stages$"):
+        bad.validate()

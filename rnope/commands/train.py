@@ -218,7 +218,7 @@ def build_plan(args):
     for st in stages:
         ratio = run.synthetic_ratio if st.synthetic_ratio is None else st.synthetic_ratio
         for L in st.lengths:
-            check_synthetic(tok, kinds=run.synthetic_kinds, L=L, ratio=ratio)
+            check_synthetic(tok, kinds=st.synthetic_kinds or run.synthetic_kinds, L=L, ratio=ratio)
     mode = resolve_mode(run.distributed)
 
     if resume_from is not None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 
 from .common import Encode, Item, item_rng
 
-__all__ = ["FAMILIES", "answer_text", "synthetic_documents", "synthetic_items"]
+__all__ = ["FAMILIES", "answer_text", "copy_document", "synthetic_documents", "synthetic_items"]
 
 #: Family names accepted in ``kinds`` besides concrete task names; essay variants need ``essay``.
 FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -80,6 +80,33 @@ def synthetic_items(
             raise err
 
 
+def copy_document(seed: int, length: int, *, encode: Encode, essay: Sequence[str] | None = None) -> str:
+    """A dense induction document: random words, then the same words again (~``length`` tokens).
+
+    Every token of the repeat is predictable only by finding the earlier occurrence of its context
+    and copying what followed — the induction/copy circuit that retrieval is built from. A copy
+    warm-up forms it in a few hundred steps where sparse passkey documents alone do not (the
+    core issue's notes). Words come from ``essay`` (training prose) or the train key vocabulary.
+    """
+    rng = item_rng("train", "copy", seed, length, None, 0)
+    vocab = sorted({w for text in (essay or ()) for w in text.split() if w.isalpha() and len(w) <= 12})
+    if len(vocab) < 50:
+        from .haystack import TRAIN_ADJECTIVES, TRAIN_NOUNS
+
+        vocab = sorted(set(TRAIN_ADJECTIVES) | set(TRAIN_NOUNS))
+    half = max(2, length // 2 - 1)
+    words = [rng.choice(vocab) for _ in range(half)]  # at least one token per word: enough
+    lo, hi = 1, len(words)
+    while lo < hi:  # the longest prefix that fits half the length
+        mid = (lo + hi + 1) // 2
+        if len(encode(" " + " ".join(words[:mid]))) <= half:
+            lo = mid
+        else:
+            hi = mid - 1
+    text = " " + " ".join(words[:lo])
+    return text[1:] + text
+
+
 def synthetic_documents(
     seed: int,
     n: int,
@@ -89,6 +116,21 @@ def synthetic_documents(
     kinds: Sequence[str] = ("passkey", "niah_single", "niah_multikey"),
     essay: Sequence[str] | None = None,
 ) -> Iterator[str]:
-    """``n`` training documents: a train item's prompt plus its gold answer, as plain text."""
-    for item in synthetic_items(seed, n, encode=encode, lengths=lengths, kinds=kinds, essay=essay):
-        yield item.prompt + answer_text(item)
+    """``n`` training documents: a train item's prompt plus its gold answer, as plain text.
+
+    The kind ``"copy"`` adds dense induction documents (:func:`copy_document`), drawn with the
+    same probability as each other kind.
+    """
+    kinds = list(kinds)
+    if "copy" not in kinds:
+        for item in synthetic_items(seed, n, encode=encode, lengths=lengths, kinds=kinds, essay=essay):
+            yield item.prompt + answer_text(item)
+        return
+    others = [k for k in kinds if k != "copy"]
+    for i in range(n):
+        rng = item_rng("train", "mix-kind", seed, 0, None, i)
+        if not others or rng.random() < kinds.count("copy") / len(kinds):
+            yield copy_document(rng.getrandbits(32), rng.choice(list(lengths)), encode=encode, essay=essay)
+        else:
+            item = next(synthetic_items(rng.getrandbits(32), 1, encode=encode, lengths=lengths, kinds=others, essay=essay))
+            yield item.prompt + answer_text(item)

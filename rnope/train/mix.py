@@ -159,11 +159,13 @@ class TrainStream:
         j = ds.sample_index(i)
         return self.shards.get(j * L, L + 1).astype(np.int64)
 
-    def synthetic_row(self, L: int, s: int) -> tuple[np.ndarray, int]:
-        return synthetic_row(self.tok, seed=self.seed, kinds=self.kinds, essay=self.essay(), L=L, s=s)
+    def synthetic_row(self, L: int, s: int, kinds: Sequence[str] | None = None) -> tuple[np.ndarray, int]:
+        return synthetic_row(self.tok, seed=self.seed, kinds=kinds or self.kinds, essay=self.essay(), L=L, s=s)
 
     # ---- batches ------------------------------------------------------------------------------
-    def take(self, L: int, rows: int, ratio: float, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def take(
+        self, L: int, rows: int, ratio: float, rank: int = 0, world: int = 1, kinds: Sequence[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's slice of the next global micro-batch of ``rows · world`` sequences of length ``L``.
 
         Returns ``x`` (rows, L) and ``y`` (rows, L) with ``IGNORE`` on padding targets; advances the
@@ -179,7 +181,7 @@ class TrainStream:
             idx = pos["synthetic" if synth else "corpus"]
             if lo <= g < hi:
                 if synth:
-                    row, used = self.synthetic_row(L, idx)
+                    row, used = self.synthetic_row(L, idx, kinds)
                 else:
                     row, used = self.corpus_row(L, idx), L + 1
                 x[g - lo], y[g - lo] = row[:-1], row[1:]
@@ -217,7 +219,7 @@ def step_batches(stream: TrainStream, stages, starts: Sequence[int], *, batch_si
         micros = []
         for m in range(grad_accum):
             L, rows = micro_shape(st, batch_size, step - starts[i], m, grad_accum)
-            x, y = stream.take(L, rows, ratio, rank, world)
+            x, y = stream.take(L, rows, ratio, rank, world, kinds=st.synthetic_kinds)
             micros.append((x, y, int((y != IGNORE).sum())))
         yield step, micros, copy.deepcopy(stream.positions)
 

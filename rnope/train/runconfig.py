@@ -67,6 +67,8 @@ class Stage:
     min_lr: float | None = None
     warmup: int | None = None
     synthetic_ratio: float | None = None
+    synthetic_kinds: tuple[str, ...] | None = None  # e.g. ["copy"] for an induction warm-up stage
+    model: dict | None = None  # ModelConfig overrides from this stage on (e.g. a RoPE extension)
 
     def validate(self, where: str) -> None:
         if not isinstance(self.name, str) or not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -92,6 +94,16 @@ class Stage:
             _check(where, "warmup", self.warmup, "integer", 0)
         if self.synthetic_ratio is not None:
             _check(where, "synthetic_ratio", self.synthetic_ratio, "number", 0, 1)
+        if self.synthetic_kinds is not None and (
+            not self.synthetic_kinds or not all(isinstance(k, str) for k in self.synthetic_kinds)
+        ):
+            raise ValueError(f"{where}synthetic_kinds must be a non-empty list of task names")
+        if self.model is not None:
+            if not isinstance(self.model, dict):
+                raise ValueError(f"{where}model must be a mapping of model config overrides, got {type(self.model).__name__}")
+            for k in ("n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "vocab_size", "pattern", "block", "norm", "tie_embeddings"):
+                if k in self.model:
+                    raise ValueError(f"{where}model: {k!r} changes the weights' shapes or layout and cannot change between stages")
 
     @property
     def mixed(self) -> bool:
@@ -228,7 +240,11 @@ def _parse_stages(raw: Any, where: str) -> tuple[Stage, ...]:
         for k in ("name", "steps", "seq_len"):
             if k not in s:
                 raise ValueError(f"{where}stages[{i}]: missing key {k!r}")
-        out.append(Stage(**_coerce_floats(Stage, dict(s))))
+        s = _coerce_floats(Stage, dict(s))
+        if isinstance(s.get("synthetic_kinds"), (list, str)):
+            kinds = s["synthetic_kinds"]
+            s["synthetic_kinds"] = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        out.append(Stage(**s))
     return tuple(out)
 
 
@@ -269,11 +285,13 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
 
 
 def stage_model_configs(base, stages) -> list:
-    """The ModelConfig of each stage: ``rope_theta`` overrides carry forward; a later stage longer than
+    """The ModelConfig of each stage: ``rope_theta`` and ``model`` overrides carry forward; a later stage longer than
     ``max_seq_len`` raises it to its ``seq_len`` (the first stage must fit the model as configured)."""
     cfgs, cur = [], base
     for i, st in enumerate(stages):
         over: dict[str, Any] = {}
+        if st.model:
+            over.update(st.model)
         if st.rope_theta is not None and float(st.rope_theta) != cur.rope_theta:
             over["rope_theta"] = float(st.rope_theta)
         if st.seq_len > cur.max_seq_len:
