@@ -2,8 +2,12 @@
 
 Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``
 and imports heavy libraries inside ``run`` so ``rnope --help`` stays fast. Every user mistake
-raises ``ValueError`` (or a subclass): ``main`` prints one line ``rnope: error: ...`` and exits 2;
-``--debug`` shows the traceback instead.
+raises ``ValueError`` (or a subclass) or ``OSError`` (a path that cannot be read or written):
+``main`` prints one line ``rnope: error: ...`` and returns 2; ``--debug`` shows the traceback
+instead. A ``RuntimeError`` (e.g. torch running out of memory) is also one line, with exit code 1
+and a pointer to ``--debug``; any other exception is a bug and keeps its traceback. Usage errors
+(unknown flag, missing required flag, bad choice) are one line too, exit code 2. The catalogue of
+bad inputs and their messages is ``docs/reliability.md``.
 
 Parsing uses the standard library's ``argparse``: its exit code 2 on bad usage is the convention
 the whole CLI follows, and dotted ``--model.FIELD VALUE`` overrides are parsed by
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMAND_MODULES = [
@@ -25,6 +30,7 @@ COMMAND_MODULES = [
     "rnope.commands.tokenizer_cmd",
     "rnope.commands.analyze",
     "rnope.commands.eval",
+    "rnope.commands.reproduce",
 ]
 
 
@@ -37,10 +43,19 @@ def _optional(modname: str):
         raise
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``rnope: error: ...``, exit 2) instead of usage + error."""
+
+    def error(self, message: str):
+        cmd = self.prog.removeprefix("rnope").strip()
+        where = f"{cmd}: " if cmd else ""
+        self.exit(2, f"rnope: error: {where}{message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="rnope", description="Hybrid-attention (RNoPE-SWA) language models.")
+    parser = _Parser(prog="rnope", description="Hybrid-attention (RNoPE-SWA) language models.")
     parser.add_argument("--version", action="version", version=f"rnope {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -51,30 +66,49 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
         mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        p.set_defaults(_run=mod.run, _parser=p)
     return parser
+
+
+def _one_line(e: BaseException) -> str:
+    """A one-line message for ``e``; OSErrors as 'strerror: 'path'' without the errno prefix."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        msg = f"{e.strerror}: '{os.fsdecode(e.filename)}'"
+        if e.filename2 is not None:
+            msg += f" -> '{os.fsdecode(e.filename2)}'"
+    else:
+        msg = str(e)
+    return " ".join(msg.split()) or e.__class__.__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    args._extra = extra
-    if extra and not getattr(args, "_accepts_extra", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        args._extra = extra
+        if extra and not getattr(args, "_accepts_extra", False):
+            args._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:  # usage errors (exit 2, one line), --help / --version (exit 0)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    debug = getattr(args, "debug", False)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("rnope: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        if getattr(args, "debug", False):
+    except (ValueError, OSError) as e:  # user mistakes and unreadable / unwritable paths
+        if debug:
             raise
-        msg = " ".join(str(e).split()) or e.__class__.__name__
-        print(f"rnope: error: {msg}", file=sys.stderr)
+        print(f"rnope: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # e.g. torch out of memory: one line, but may be a bug
+        if debug:
+            raise
+        print(f"rnope: error: {e.__class__.__name__}: {_one_line(e)} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 def model_overrides(extra: list[str]) -> dict:

@@ -1,0 +1,27 @@
+"""``rnope reproduce``: the paper's study at laptop scale in one command, written up as REPORT.md."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "reproduce"
+HELP = "train the paper's variants under one budget, evaluate and analyse them, write DIR/REPORT.md"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="quick", help="quick (~15 min on a 2-core CPU) or full (~3 h; 3 seeds, extra rows)")
+    p.add_argument("--out", required=True, help="study directory (re-running resumes it)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per model (default: the profile's)")
+    p.add_argument("--jobs", type=int, default=2, help="trainings run in parallel (CPU threads are split between them)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (evaluation)")
+
+
+def run(args) -> int:
+    import torch
+
+    from ..reproduce import get_profile, run_study
+
+    profile = get_profile(args.profile, gpu=torch.cuda.is_available())
+    report = run_study(profile, args.out, jobs=args.jobs, seeds=args.seeds, device=args.device)
+    print(report)
+    return 0

@@ -1,0 +1,58 @@
+"""``rnope reproduce``: the paper's study at laptop scale — train, evaluate, analyse, report.
+
+See :mod:`rnope.reproduce.profiles` for the recipe and :func:`run_study` for the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from .profiles import PROFILES, Profile, get_profile
+from .report import build_results, figures, render
+
+__all__ = ["PROFILES", "Profile", "get_profile", "run_study"]
+
+
+def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds: int | None = None,
+              device: str = "auto", progress: bool = True) -> Path:
+    """Run (or resume) a study into ``out``; returns the path of ``REPORT.md``."""
+    import torch
+
+    from .runner import Study, machine
+
+    seeds = seeds or profile.seeds
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    study = Study(profile, Path(out), jobs=jobs, seeds=seeds, device=device, progress=progress)
+    study.claim_dir()
+    tok = study.tokenizer()
+    study.train_all()
+    evals = study.evaluate_all()
+    from ..data import prepare_dataset
+
+    _, _, meta = prepare_dataset("builtin", tok, study.out / "cache")
+    runs = [json.loads((study.out / "runs" / n.replace("#", "_") / "DONE").read_text()) for _, _, n in study.run_names()]
+    steps = profile.warm_steps + profile.pretrain_steps + profile.long_steps
+    setup = {
+        "seeds": seeds,
+        "minutes": (time.time() - study.t0) / 60,
+        "train_seconds": sum(r.get("seconds", 0) for r in runs),
+        "machine": ", ".join(f"{k} {v}" for k, v in machine().items() if v is not None),
+        "corpus_hash": meta.get("corpus_hash"),
+        "tokens_per_model": steps * profile.batch_size * profile.seq_len,
+        "threads": torch.get_num_threads(),
+    }
+    results = build_results(profile, evals, setup)
+    (study.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    figures(results, profile, study.out / "figures")
+    report = study.out / "REPORT.md"
+    tmp = report.with_suffix(".tmp")
+    tmp.write_text(render(results, profile))
+    os.replace(tmp, report)
+    study.say(f"wrote {report}")
+    return report

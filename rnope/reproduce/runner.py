@@ -1,0 +1,260 @@
+"""Run a study: tokenizer, trainings (subprocesses, resumable, ``--jobs`` in parallel), evaluation
+and analysis per model (cached per model), then ``results.json`` + ``REPORT.md``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .profiles import ModelSpec, Profile
+
+STUDY_FILE = "study.json"
+
+
+class Study:
+    def __init__(self, profile: Profile, out: Path, *, jobs: int, seeds: int, device: str, progress: bool = True):
+        self.p, self.out, self.jobs, self.seeds, self.device = profile, out, jobs, seeds, device
+        self.progress = progress
+        self.t0 = time.time()
+
+    # ---- bookkeeping --------------------------------------------------------------------------
+    def say(self, msg: str) -> None:
+        if self.progress:
+            el = time.time() - self.t0
+            print(f"[reproduce {el / 60:5.1f} min] {msg}", file=sys.stderr, flush=True)
+
+    def claim_dir(self) -> None:
+        """Create ``out`` or check it holds this very study (same profile hash)."""
+        out, h = self.out, self.p.hash()
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out '{out}' exists and is not a directory")
+        marker = out / STUDY_FILE
+        if out.exists() and any(out.iterdir()):
+            if not marker.exists():
+                raise ValueError(f"--out '{out}' is not empty and holds no rnope study; choose a new directory")
+            got = json.loads(marker.read_text()).get("hash")
+            if got != h:
+                raise ValueError(f"--out '{out}' holds a different study (config hash {got}, this one {h}); choose a new directory")
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"hash": h, "profile": self.p.to_dict(), "seeds": self.seeds}, indent=1, default=str))
+
+    def run_names(self) -> list[tuple[ModelSpec, int, str]]:
+        return [(m, s, m.name if self.seeds == 1 else f"{m.name}#seed{s}") for m in self.p.models for s in range(self.seeds)]
+
+    # ---- tokenizer ----------------------------------------------------------------------------
+    def tokenizer(self):
+        from ..data import builtin_documents, split_documents
+        from ..tokenizer import Tokenizer
+
+        path = self.out / "tokenizer.json"
+        if not path.exists():
+            self.say(f"training a {self.p.vocab_size}-token BPE tokenizer on the built-in prose (training split)")
+            train, _ = split_documents(builtin_documents("prose"))
+            Tokenizer.train_bpe(train, self.p.vocab_size).save(path)
+        return Tokenizer.load(path)
+
+    # ---- training -----------------------------------------------------------------------------
+    def run_config(self, spec: ModelSpec, seed: int) -> dict[str, Any]:
+        p = self.p
+        model = dict(n_layer=p.n_layer, d_model=p.d_model, n_head=p.n_head, n_kv_head=p.n_kv_head, d_ff=p.d_ff,
+                     window=p.window, chunk_size=p.window, vocab_size=p.vocab_size, max_seq_len=p.seq_len, **spec.model)
+        long_model = dict(spec.long_model)
+        if long_model.get("rope_scaling", "none") != "none":
+            long_model.setdefault("rope_original_len", p.seq_len)
+        L = p.seq_len * p.long_factor
+        stages = [
+            {"name": "warm", "steps": p.warm_steps, "seq_len": p.seq_len, "synthetic_ratio": 1.0, "synthetic_kinds": ["copy"]},
+            {"name": "pretrain", "steps": p.pretrain_steps, "seq_len": p.seq_len},
+            {"name": "long", "steps": p.long_steps, "seq_len": L, "short_seq_len": p.seq_len, "long_ratio": 0.25,
+             "synthetic_ratio": p.long_synthetic_ratio, "lr": p.lr / 3, "warmup": max(1, p.long_steps // 10),
+             **({"model": long_model} if long_model else {})},
+        ]
+        return {
+            "preset": spec.preset, "model": model, "data": "builtin", "tokenizer": str(self.out / "tokenizer.json"),
+            "cache_dir": str(self.out / "cache"), "seed": seed, "batch_size": p.batch_size, "lr": p.lr,
+            "min_lr": p.lr / 10, "synthetic_ratio": p.synthetic_ratio,
+            "synthetic_kinds": ["passkey", "niah_single", "niah_multikey", "copy"],
+            "eval_every": 0, "save_every": 100, "keep": 1, "stages": stages,
+        }
+
+    def train_one(self, spec: ModelSpec, seed: int, name: str, threads: int) -> float:
+        run_dir = self.out / "runs" / _safe(name)
+        done = run_dir / "DONE"
+        if done.exists():
+            return 0.0
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        cfg = self.out / "runs" / f"{_safe(name)}.yaml"
+        cfg.write_text(yaml.safe_dump(self.run_config(spec, seed), sort_keys=False))
+        cmd = [sys.executable, "-m", "rnope", "train", "--config", str(cfg), "--out", str(run_dir)]
+        if (run_dir / "checkpoints").exists():
+            cmd.append("--resume")
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "RNOPE_THREADS": str(threads)}
+        t = time.time()
+        log = run_dir.with_suffix(".log")
+        with open(log, "w") as f:
+            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        if r.returncode != 0:
+            tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+            raise RuntimeError(f"training {name} failed (exit {r.returncode}; log {log}): {tail[0]}")
+        secs = time.time() - t
+        done.write_text(json.dumps({"seconds": secs}))
+        return secs
+
+    def train_all(self) -> None:
+        todo = [(m, s, n) for m, s, n in self.run_names() if not (self.out / "runs" / _safe(n) / "DONE").exists()]
+        if not todo:
+            return
+        jobs = max(1, min(self.jobs, len(todo)))
+        threads = max(1, (os.cpu_count() or 2) // jobs)
+        self.say(f"training {len(todo)} model(s), {jobs} at a time, {threads} thread(s) each")
+        finished = 0
+        with ThreadPoolExecutor(jobs) as pool:
+            futures = {pool.submit(self.train_one, m, s, n, threads): n for m, s, n in todo}
+            for fut in futures:
+                secs = fut.result()
+                finished += 1
+                el = time.time() - self.t0
+                eta = el / finished * (len(todo) - finished)
+                self.say(f"trained {futures[fut]} ({secs:.0f} s); {finished}/{len(todo)} done, training ETA {eta / 60:.1f} min")
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def evaluate_one(self, spec: ModelSpec, seed: int, name: str) -> dict[str, Any]:
+        path = self.out / "evals" / f"{_safe(name)}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        from ..analysis import analyze
+        from ..evals import niah as niah_eval
+        from ..evals import ppl as ppl_eval
+        from ..evals import ruler as ruler_eval
+        from ..evals.report import write_outputs
+        from ..evals.runner import load_predictor, validation_essay
+
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        p, L = self.p, self.p.seq_len
+        run_dir = self.out / "runs" / _safe(name)
+        pred = load_predictor(str(run_dir), name=name, device=self.device, batch_size=4)
+        pred.train_seq_len = L  # the pre-training length: NIAH "beyond training length" is measured from it
+        model, tok = pred.model, pred.tokenizer
+        fig_dir = self.out / "figures"
+        res: dict[str, Any] = {"train_seq_len": L, "seed": seed, "preset": spec.preset,
+                               "parameters": model.num_params(), "config": model.config.to_dict()}
+        res["val_loss"] = validation_loss(model, self.out / "cache", tok, L)
+        niah = niah_eval.evaluate([pred], lengths=[f * L for f in p.niah_factors], depths=list(p.niah_depths),
+                                  samples=p.niah_samples, seed=1000 + seed, progress=False)
+        write_outputs(fig_dir, {k: v for k, v in niah_eval.outputs(niah).items() if k.endswith(".png")})
+        cells = niah["results"][0]["cells"]
+        res["niah"] = {str(n): _mean(c["accuracy"] for c in cells if c["length"] == n) for n in sorted({c["length"] for c in cells})}
+        res["niah_cells"] = cells
+        essay = validation_essay()
+        ruler = ruler_eval.evaluate([pred], lengths=[f * L for f in p.ruler_factors], tasks=list(p.ruler_tasks),
+                                    samples=p.ruler_samples, seed=2000 + seed, essay=essay, progress=False)
+        res["ruler"] = _ruler_means(ruler)
+        ppl = ppl_eval.evaluate([pred], lengths=[f * L for f in p.ppl_factors], streams=4, score_tokens=min(128, L // 2),
+                                seed=seed, progress=False)
+        res["ppl"] = _ppl_by_length(ppl)
+        res["kv_speed"] = kv_and_decode(model, max(p.niah_factors) * L)
+        analysis = analyze(model, tok, [f * L for f in p.analysis_factors], p.analysis_samples, seed=3000 + seed, name=name)
+        res["analysis"] = analysis
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res, default=_jsonable))
+        os.replace(tmp, path)
+        return res
+
+    def evaluate_all(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        names = self.run_names()
+        for i, (m, s, n) in enumerate(names):
+            t = time.time()
+            out[n] = self.evaluate_one(m, s, n)
+            self.say(f"evaluated {n} ({time.time() - t:.0f} s); {i + 1}/{len(names)}")
+        return out
+
+
+# ---- measurements --------------------------------------------------------------------------------
+@torch.no_grad()
+def validation_loss(model, cache_dir: Path, tok, L: int, max_rows: int = 32) -> float:
+    """Mean next-token loss on the held-out split of the built-in corpus at the training length."""
+    from ..data import prepare_dataset
+    from ..data.shards import TokenShards
+
+    _, val_dir, _ = prepare_dataset("builtin", tok, cache_dir)
+    sh = TokenShards(val_dir)
+    n = min(max_rows, (len(sh) - 1) // L)
+    if n < 1:
+        raise ValueError(f"the validation split has {len(sh)} tokens, fewer than one sequence of {L}")
+    rows = torch.from_numpy(sh.get(0, n * L + 1).astype("int64"))
+    x = rows[:-1].view(n, L)
+    y = rows[1:].view(n, L)
+    dev = model.embed_tokens.weight.device
+    total = 0.0
+    for i in range(0, n, 8):
+        logits = model(x[i : i + 8].to(dev)).float()
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[i : i + 8].to(dev).flatten(), reduction="sum").item()
+    return total / (n * L)
+
+
+@torch.no_grad()
+def kv_and_decode(model, length: int, new_tokens: int = 32) -> dict[str, float]:
+    """Hybrid KV bytes after ``length`` tokens vs a full-attention cache, and decode tokens/s."""
+    cfg = model.config
+    dev = model.embed_tokens.weight.device
+    cache = model.new_cache(1, length + new_tokens)
+    per_pos = 2 * cfg.n_kv_head * cfg.head_dim * model.embed_tokens.weight.element_size()
+    full = cfg.n_layer * (length + new_tokens) * per_pos
+    prompt = torch.randint(3, cfg.vocab_size, (1, length), generator=torch.Generator().manual_seed(0)).to(dev)
+    t = time.perf_counter()
+    logits = model(prompt, cache=cache)[:, -1]
+    prefill = time.perf_counter() - t
+    tok = logits.argmax(-1)
+    t = time.perf_counter()
+    for _ in range(new_tokens):
+        tok = model(tok[:, None], cache=cache)[:, -1].argmax(-1)
+    decode = time.perf_counter() - t
+    return {"length": length, "kv_bytes": cache.nbytes, "full_kv_bytes": full, "kv_ratio": cache.nbytes / full,
+            "prefill_s": prefill, "decode_tok_s": new_tokens / decode}
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _ruler_means(doc: dict) -> dict[str, float]:
+    """{length: mean score over tasks (×100)} of a ruler.json document's single model."""
+    return {str(m["length"]): m["score"] for m in doc["results"][0]["means"]}
+
+
+def _ppl_by_length(doc: dict) -> dict[str, float]:
+    return {str(x["length"]): x["ppl"] for x in doc["results"][0]["points"]}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _jsonable(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+def machine() -> dict[str, Any]:
+    from .. import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "rnope": __version__,
+            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}

@@ -1,0 +1,56 @@
+"""rnope reproduce: the whole pipeline on the tiny 'smoke' profile (two models, a few steps)."""
+
+import json
+import os
+
+import pytest
+
+from rnope.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "s"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    assert main(["reproduce", "--profile", "smoke", "--out", str(out), "--jobs", "1"]) == 0
+    return out
+
+
+def test_results_schema_and_report_sections(study):
+    res = json.loads((study / "results.json").read_text())
+    assert res["profile"] == "smoke" and set(res["models"]) == {"rope", "rnope-swa"}
+    for m in res["models"].values():
+        assert m["train_seq_len"] == 256
+        assert set(m["niah"]) == {"256", "512"} and all(0.0 <= v <= 1.0 for v in m["niah"].values())
+        assert set(m["ruler"]) == {"512"} and 0.0 < m["val_loss"] < 10.0
+        for L, seg in m["segments"].items():
+            assert abs(sum(seg["all"].values()) - 1.0) < 1e-3
+    swa = res["models"]["rnope-swa"]
+    assert "nope_layers" in swa["segments"]["512"] and "rope_layers" in swa["segments"]["512"]
+    k = swa["kv_speed"]  # 1 global + 3 sliding layers of window 32 at 512 + 32 tokens
+    assert k["kv_bytes"] / k["full_kv_bytes"] == pytest.approx((544 + 3 * 32) / (4 * 544))
+    report = (study / "REPORT.md").read_text()
+    for heading in ("## Setup", "## Table 2 analogue", "## Attention mass by segment", "## Attention entropy",
+                    "## Division of labour", "## RULER", "## Perplexity", "## KV cache", "## What reproduced and what did not"):
+        assert heading in report
+    for fig in ("ppl.png", "segments.png", "niah_rope.png", "niah_rnope-swa.png"):
+        assert (study / "figures" / fig).stat().st_size > 1000
+
+
+def test_rerun_resumes_without_retraining(study):
+    done = (study / "runs" / "rope" / "DONE").stat().st_mtime
+    ev = (study / "evals" / "rope.json").stat().st_mtime
+    assert main(["reproduce", "--profile", "smoke", "--out", str(study)]) == 0
+    assert (study / "runs" / "rope" / "DONE").stat().st_mtime == done
+    assert (study / "evals" / "rope.json").stat().st_mtime == ev
+
+
+def test_other_study_and_unknown_profile_refused(study, tmp_path, capsys):
+    assert main(["reproduce", "--profile", "quick", "--out", str(study)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"rnope: error: --out '{study}' holds a different study (config hash ") and err.count("\n") == 0
+    assert main(["reproduce", "--profile", "medium", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == "rnope: error: unknown profile 'medium' (known: quick, full, smoke)"
+    assert not (tmp_path / "x").exists()
