@@ -307,7 +307,7 @@ def test_export_refuses_what_hf_cannot_express(tmp_path, pattern, message):
 
 # features of the core's other architectures / positional relatives that cohere/cohere2 lack
 _FEATURES = [
-    ("rope-yarn", {}, "layer 0 uses RoPE scaling 'yarn'; rnope exports only default RoPE"),
+    ("rope-ntk", {}, "layer 0 uses RoPE scaling 'ntk', which transformers' rope_parameters cannot express (exportable: none, linear, yarn)"),
     ("p-rope", {}, "layer 0 uses partial RoPE (rope_fraction=0.75)"),
     ("rnope-swa-temp", {}, "layer 3 scales NoPE queries by temperature 'llama4'"),
     ("rnope-swa-ssmax", {}, "layer 3 scales NoPE queries by temperature 'ssmax'"),
@@ -350,8 +350,8 @@ def _edit(d, **changes):
     [
         (dict(model_type="llama"), "unsupported model_type 'llama' in {cfg} (supported: cohere, cohere2)"),
         (dict(auto_map={"AutoModelForCausalLM": "x.Y"}), "{cfg}: 'auto_map' asks for remote code (trust_remote_code), which rnope never runs"),
-        (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "{cfg}: 'rope_scaling' type 'yarn' changes the math and rnope does not implement it (only 'default')"),
-        (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}), "{cfg}: 'rope_parameters' type 'linear' changes the math"),
+        (dict(rope_scaling={"rope_type": "dynamic", "factor": 4.0}), "{cfg}: 'rope_scaling' type 'dynamic' changes the math and rnope does not implement it (only default, linear, yarn)"),
+        (dict(rope_parameters={"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4, "beta_fast": 16}), "{cfg}: 'rope_parameters' yarn beta_fast=16 is not supported (rnope implements beta_fast=32)"),
         (dict(attention_bias=True), "{cfg}: 'attention_bias': true changes the math and rnope does not implement biases"),
         (dict(head_dim=32), "{cfg}: head_dim 32 != hidden_size/num_attention_heads = 16"),
         (dict(rotary_pct=0.5), "{cfg}: rotary_pct 0.5 is not supported (rnope rotates the whole head)"),

@@ -157,3 +157,33 @@ def test_ssmax_has_learnable_scale_per_head():
     names = [n for n, _ in model.named_parameters() if "ssmax" in n]
     assert names == ["layers.3.self_attn.ssmax_scale"]
     assert model.num_params() == model.config.num_params()
+
+
+@pytest.mark.parametrize("preset", ["rope-pi", "rope-yarn"])
+@torch.no_grad()
+def test_rope_extensions_export_to_transformers_with_parity(preset, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from rnope.interop import export, import_hf
+
+    model = tiny_model(preset, rope_original_len=16, max_seq_len=64)
+    export(model, tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    x = torch.randint(0, TINY["vocab_size"], (1, 60))
+    assert (hf(x).logits - model(x)).abs().max().item() <= 1e-4
+    back = import_hf(tmp_path / "hf", tmp_path / "back")
+    from rnope import load
+
+    again, _ = load(tmp_path / "back")
+    assert again.config == model.config
+
+
+@pytest.mark.parametrize("preset,feature", [("rope-ntk", "RoPE scaling 'ntk'"), ("rope-fope", "RoPE scaling 'fope'"),
+                                            ("p-rope", "partial RoPE"), ("llama4-irope", "chunked attention"),
+                                            ("rnope-swa-temp", "temperature 'llama4'"), ("smollm3", "block='sequential'")])
+def test_inexpressible_relatives_refused_by_name(preset, feature, tmp_path):
+    from rnope.interop import export
+
+    with pytest.raises(ValueError, match="^cannot export to Hugging Face: .*" + feature):
+        export(tiny_model(preset), tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -25,6 +25,7 @@ the HF keys, so a hand-edited config.json can never be overridden by a stale hin
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +88,35 @@ def _check_features(config: ModelConfig) -> None:
             )
         if s.rope:
             scaling = getattr(s, "rope_scaling", "none")
-            if scaling != "none":
-                raise ValueError(f"{_PREFIX}layer {i} uses RoPE scaling {scaling!r}; rnope exports only default RoPE")
+            if scaling not in HF_SCALINGS:
+                raise ValueError(
+                    f"{_PREFIX}layer {i} uses RoPE scaling {scaling!r}, which transformers' rope_parameters cannot "
+                    f"express (exportable: {', '.join(HF_SCALINGS)})"
+                )
             if getattr(s, "rope_fraction", 1.0) != 1.0:
                 raise ValueError(f"{_PREFIX}layer {i} uses partial RoPE (rope_fraction={s.rope_fraction}), which cohere/cohere2 cannot express")
             if getattr(s, "qk_l2norm", False):
                 raise ValueError(f"{_PREFIX}layer {i} uses a weightless L2 QK-norm (Llama 4), which cohere/cohere2 cannot express")
         elif getattr(s, "temperature", "none") != "none":
             raise ValueError(f"{_PREFIX}layer {i} scales NoPE queries by temperature {s.temperature!r}, which cohere/cohere2 cannot express")
+
+
+# RoPE extensions transformers implements with the same formula as rnope.rope (tested for parity)
+HF_SCALINGS = ("none", "linear", "yarn")
+
+
+def hf_rope_parameters(config: ModelConfig) -> dict[str, Any]:
+    """transformers' ``rope_parameters`` for the model's (one) RoPE setting."""
+    theta = float(config.rope_theta)
+    spec = next((s for s in config.layers if s.rope), None)
+    kind = "none" if spec is None else spec.rope_scaling
+    if kind == "linear":
+        return {"rope_type": "linear", "rope_theta": theta, "factor": float(spec.rope_factor)}
+    if kind == "yarn":
+        f = float(spec.rope_factor)
+        return {"rope_type": "yarn", "rope_theta": theta, "factor": f, "original_max_position_embeddings": spec.rope_original_len,
+                "attention_factor": 0.1 * math.log(f) + 1.0 if f > 1 else 1.0, "beta_fast": 32.0, "beta_slow": 1.0}
+    return {"rope_type": "default", "rope_theta": theta}
 
 
 def hf_layout(config: ModelConfig) -> tuple[str, list[str] | None, int | None]:
@@ -173,7 +195,7 @@ def to_hf_config(
         "initializer_range": config.init_std,
         "use_cache": True,
         # transformers 5 reads rope_parameters; older transformers, vLLM and llama.cpp read rope_theta
-        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        "rope_parameters": hf_rope_parameters(config),
         "rope_theta": theta,
         "bos_token_id": bos_id,
         "eos_token_id": eos_id,
@@ -213,8 +235,29 @@ def _int(meta: dict, key: str, cfile: Path, default: Any = None) -> int:
     return v
 
 
+def _rope_scaling(rp: dict, rtype: str, cfile: Path, key: str, max_pos: int) -> dict[str, Any]:
+    """rnope's scaling fields for an HF linear / yarn ``rope_parameters`` (refusing variants it lacks)."""
+    factor = rp.get("factor")
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
+        raise HFConfigError(f"{cfile}: '{key}' {rtype} factor must be a number >= 1, got {factor!r}")
+    out: dict[str, Any] = {"rope_scaling": rtype, "rope_factor": float(factor)}
+    if rtype == "yarn":
+        orig = rp.get("original_max_position_embeddings", max_pos)
+        expect = {"beta_fast": 32, "beta_slow": 1, "attention_factor": 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0,
+                  "truncate": True}
+        for k, v in expect.items():
+            got = rp.get(k, v)
+            if got != v and not (isinstance(got, float) and isinstance(v, float) and math.isclose(got, v, rel_tol=1e-6)):
+                raise HFConfigError(f"{cfile}: '{key}' yarn {k}={got!r} is not supported (rnope implements {k}={v!r})")
+        for k in ("mscale", "mscale_all_dim"):
+            if rp.get(k) not in (None, 0, 1, 1.0):
+                raise HFConfigError(f"{cfile}: '{key}' yarn {k}={rp[k]!r} is not supported")
+        out["rope_original_len"] = int(orig)
+    return out
+
+
 def _rope_theta(meta: dict, model_type: str, cfile: Path) -> float:
-    """The one RoPE theta, refusing any rope_scaling / rope_parameters type other than default."""
+    """The one RoPE theta, refusing any rope_scaling / rope_parameters type rnope does not implement."""
     key = "rope_scaling" if meta.get("rope_scaling") else "rope_parameters"  # transformers: rope_scaling wins
     rp = meta.get(key) or {}
     if not isinstance(rp, dict):
@@ -225,9 +268,9 @@ def _rope_theta(meta: dict, model_type: str, cfile: Path) -> float:
             f"{cfile}: '{key}' is given per layer type ({', '.join(nested)}); rnope supports one default RoPE"
         )
     rtype = rp.get("rope_type", rp.get("type", "default"))
-    if rtype != "default":
+    if rtype not in HF_SCALINGS and rtype != "default":
         raise HFConfigError(
-            f"{cfile}: '{key}' type {rtype!r} changes the math and rnope does not implement it (only 'default')"
+            f"{cfile}: '{key}' type {rtype!r} changes the math and rnope does not implement it (only default, linear, yarn)"
         )
     for key, v in (("partial_rotary_factor", rp.get("partial_rotary_factor", meta.get("partial_rotary_factor"))), ("rotary_pct", meta.get("rotary_pct"))):
         if v not in (None, 1, 1.0):
@@ -285,6 +328,11 @@ def normalize(meta: dict, cfile: Path) -> dict[str, Any]:
         "tie_embeddings": bool(meta.get("tie_word_embeddings", True)),
         "rope_theta": _rope_theta(meta, mt, cfile),
     }
+    key = "rope_scaling" if meta.get("rope_scaling") else "rope_parameters"
+    rp = meta.get(key) or {}
+    rtype = rp.get("rope_type", rp.get("type", "default"))
+    if rtype in ("linear", "yarn"):
+        out.update(_rope_scaling(rp, rtype, cfile, key, max_pos))
     if mt == "cohere":
         out["letters"] = ("Q" if meta.get("use_qk_norm") else "R") * n_layer
         out["window"] = None
@@ -350,7 +398,7 @@ def from_hf_config(meta: dict, cfile: Path) -> ModelConfig:
                 return cand
         except (TypeError, ValueError):
             pass  # a stale or foreign hint: the HF keys decide
-    kw: dict[str, Any] = {k: norm[k] for k in ("vocab_size", "d_model", "d_ff", "n_layer", "n_head", "n_kv_head", "max_seq_len", "logit_scale", "norm_eps", "tie_embeddings", "rope_theta")}
+    kw: dict[str, Any] = {k: norm[k] for k in ("vocab_size", "d_model", "d_ff", "n_layer", "n_head", "n_kv_head", "max_seq_len", "logit_scale", "norm_eps", "tie_embeddings", "rope_theta", "rope_scaling", "rope_factor", "rope_original_len") if k in norm}
     kw["pattern"] = _period(norm["letters"])
     window = norm["window"] or norm.get("_window_hint")
     if window is not None:
