@@ -76,13 +76,20 @@ def resolve(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"'{path}' holds neither {CONFIG_FILE} nor checkpoints/")
 
 
+def read_meta(path: str | os.PathLike) -> Any:
+    """The parsed ``config.json`` of a directory; a :class:`CheckpointError` naming the file if it
+    cannot be read, is not UTF-8 or is not JSON."""
+    cfile = Path(path) / CONFIG_FILE
+    try:
+        return json.loads(cfile.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfile}: cannot read JSON ({e.__class__.__name__}: {e})") from None
+
+
 def read_config(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
     """(ModelConfig, the whole config.json) of an rnope checkpoint directory."""
     cfile = Path(path) / CONFIG_FILE
-    try:
-        meta = json.loads(cfile.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{cfile}: cannot read JSON ({e.__class__.__name__}: {e})") from None
+    meta = read_meta(path)
     if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{cfile}: not an rnope config (no 'model' section)")
     try:
@@ -123,7 +130,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: 
     when that module is present.
     """
     d = resolve(path)
-    meta = json.loads((d / CONFIG_FILE).read_text()) if (d / CONFIG_FILE).exists() else {}
+    meta = read_meta(d) if (d / CONFIG_FILE).exists() else {}
     if isinstance(meta, dict) and "model_type" in meta and "model" not in meta:
         try:
             from .interop.hf import load_hf

@@ -45,10 +45,25 @@ def _read_prompts(path: str) -> list[dict]:
             raise ValueError(f"{path} line {n}: no string field 'prompt'")
         if not row["prompt"]:
             raise ValueError(f"{path} line {n}: empty prompt")
+        try:
+            row["prompt"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{path} line {n}: prompt has a lone surrogate (\\ud800-\\udfff), which is not text") from None
         rows.append(row)
     if not rows:
         raise ValueError(f"input file '{path}' has no prompts")
     return rows
+
+
+def _check_output(out) -> None:
+    """--output can be written: not a directory, and its parent is (or can become) a directory."""
+    if out.is_dir():
+        raise ValueError(f"--output '{out}' is a directory")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--output '{out}': '{parent}' is not a directory")
+            break
 
 
 def run(args) -> int:
@@ -59,15 +74,28 @@ def run(args) -> int:
 
     if args.input and not args.output:
         raise ValueError("--input needs --output")
+    if args.output and not args.input:
+        raise ValueError("--output is only used with --input (a --prompt completion streams to stdout)")
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.output and Path(args.output).is_dir():
-        raise ValueError(f"--output '{args.output}' is a directory")
+    if not args.temperature >= 0:
+        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.output:
+        _check_output(Path(args.output))
     rows = _read_prompts(args.input) if args.input else None
     if args.prompt is not None and not args.prompt:
         raise ValueError("--prompt is empty")
+    if args.prompt is not None:
+        try:
+            args.prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"--prompt is not valid text (lone surrogate at index {e.start}: bytes that are not UTF-8?)") from None
     model, tok = load(args.ckpt)
     if tok is None:
         raise ValueError(f"checkpoint '{args.ckpt}' has no tokenizer.json: cannot encode text prompts")
@@ -101,9 +129,14 @@ def run(args) -> int:
             o = [t for t in o if t != tok.eos_id]
             results.append({**r, "completion": tok.decode(o)})
     out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
-    tmp.replace(out)
+    try:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results), encoding="utf-8")
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     print(f"wrote {len(results)} completions to {out}", file=sys.stderr)
     return 0
 

@@ -30,7 +30,7 @@ def run(args) -> int:
         cfg, _ = read_config(resolve(args.ckpt))
         if overrides:
             raise ValueError("--model.* overrides apply to --preset only")
-    L = args.length or cfg.max_seq_len
+    L = cfg.max_seq_len if args.length is None else args.length
     if L < 1:
         raise ValueError(f"--length must be >= 1, got {L}")
     full = cfg.n_layer * L

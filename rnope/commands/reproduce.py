@@ -19,8 +19,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
+    from ..evals.runner import pick_device
     from ..reproduce import get_profile, run_study
 
+    if args.seeds is not None and args.seeds < 1:  # (0 must not mean "the profile's default")
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    pick_device(args.device)  # a bad --device fails now, not after hours of training
     profile = get_profile(args.profile, gpu=torch.cuda.is_available())
     report = run_study(profile, args.out, jobs=args.jobs, seeds=args.seeds, device=args.device)
     print(report)

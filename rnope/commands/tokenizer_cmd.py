@@ -48,6 +48,11 @@ def run(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out '{out}' is a directory")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out '{out}': '{parent}' is not a directory")
+            break
     if not args.data.startswith(("builtin", "hf:")):
         p = Path(args.data)
         if not p.exists():

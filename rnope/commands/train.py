@@ -147,6 +147,11 @@ def build_plan(args):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out '{out}' exists and is not a directory")
+    for parent in out.parents:  # --out can be created
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out '{out}': '{parent}' is not a directory")
+            break
     cli = {field: _typed(flag, getattr(args, field), kind) for flag, (field, kind) in _FLAGS.items() if getattr(args, field) is not None}
     if args.preset is not None:
         cli["preset"] = args.preset
@@ -165,7 +170,12 @@ def build_plan(args):
         resume_from = latest_checkpoint(out)
         if resume_from is None:
             raise ValueError(f"--resume: '{out}' has no complete checkpoint under checkpoints/")
-        saved = json.loads((resume_from / STATE_JSON).read_text(encoding="utf-8"))
+        try:
+            saved = json.loads((resume_from / STATE_JSON).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"--resume: {resume_from / STATE_JSON} is unreadable ({e.__class__.__name__}: {e})") from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("run", {}), dict):
+            raise ValueError(f"--resume: {resume_from / STATE_JSON} is not a trainer state (no 'run' mapping)")
         base = dict(saved.get("run", {}))
     elif out.is_dir() and ((out / "checkpoints").exists() or (out / "metrics.jsonl").exists()):
         raise ValueError(f"--out '{out}' already holds a run; pass --resume to continue it or choose another directory")
@@ -189,6 +199,9 @@ def build_plan(args):
         raise
     if run.preset is None:
         raise ValueError("--preset is required (or set preset: in --config)")
+    cache_dir = run.cache_dir or os.environ.get("RNOPE_CACHE")
+    if cache_dir and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise ValueError(f"cache directory '{cache_dir}' (--cache-dir / RNOPE_CACHE) exists and is not a directory")
 
     # tokenizer, then the model config of each stage
     if resume_from is not None and (resume_from / "tokenizer.json").exists():
@@ -245,7 +258,7 @@ def run(args) -> int:
     plan.out.mkdir(parents=True, exist_ok=True)
     try:
         return train(plan)
-    except ValueError:  # e.g. a corpus file that turns out malformed while tokenizing
+    except (ValueError, OSError):  # e.g. a corpus file that turns out malformed while tokenizing
         if created and not (plan.out / "checkpoints").exists() and os.environ.get("RANK", "0") == "0":
             shutil.rmtree(plan.out, ignore_errors=True)
         raise

@@ -69,6 +69,11 @@ def check_out_dir(out: Path) -> None:
         raise ValueError(f"output '{out}' exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
         raise ValueError(f"output directory '{out}' exists and is not empty")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"output '{out}': '{parent}' is not a directory")
+            break
 
 
 def _atomic_dir(out: Path, build: Callable[[Path], None]) -> Path:
@@ -177,6 +182,8 @@ def read_hf_config(hf_dir: str | os.PathLike) -> tuple[ModelConfig, dict]:
         meta = json.loads(cfile.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{cfile}: cannot read JSON ({e.__class__.__name__}: {e})") from None
+    if isinstance(meta, dict) and meta.get("format") == "rnope" and "model" in meta:
+        raise CheckpointError(f"'{Path(hf_dir)}' is an rnope checkpoint, not a Hugging Face directory (load it directly, or convert it with 'rnope export')")
     try:
         return from_hf_config(meta, cfile), meta
     except HFConfigError as e:
