@@ -23,7 +23,7 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
 
     from .runner import Study, machine
 
-    seeds = seeds or profile.seeds
+    seeds = profile.seeds if seeds is None else seeds
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if jobs < 1:

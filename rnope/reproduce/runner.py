@@ -43,7 +43,10 @@ class Study:
         if out.exists() and any(out.iterdir()):
             if not marker.exists():
                 raise ValueError(f"--out '{out}' is not empty and holds no rnope study; choose a new directory")
-            got = json.loads(marker.read_text()).get("hash")
+            try:
+                got = json.loads(marker.read_text()).get("hash")
+            except (OSError, ValueError, AttributeError):
+                raise ValueError(f"{marker} is unreadable or not a study marker; choose a new directory") from None
             if got != h:
                 raise ValueError(f"--out '{out}' holds a different study (config hash {got}, this one {h}); choose a new directory")
         out.mkdir(parents=True, exist_ok=True)
