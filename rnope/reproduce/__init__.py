@@ -21,7 +21,7 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
     """Run (or resume) a study into ``out``; returns the path of ``REPORT.md``."""
     import torch
 
-    from .runner import Study, machine
+    from .runner import Study, _safe, machine
 
     seeds = profile.seeds if seeds is None else seeds
     if seeds < 1:
@@ -36,11 +36,11 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
     from ..data import prepare_dataset
 
     _, _, meta = prepare_dataset("builtin", tok, study.out / "cache")
-    runs = [json.loads((study.out / "runs" / n.replace("#", "_") / "DONE").read_text()) for _, _, n in study.run_names()]
+    runs = [json.loads((study.out / "runs" / _safe(n) / "DONE").read_text()) for _, _, n in study.run_names()]
     steps = profile.warm_steps + profile.pretrain_steps + profile.long_steps
     setup = {
         "seeds": seeds,
-        "minutes": (time.time() - study.t0) / 60,
+        "minutes": (time.time() - study.started) / 60,  # since the study first started (resumes included)
         "train_seconds": sum(r.get("seconds", 0) for r in runs),
         "machine": ", ".join(f"{k} {v}" for k, v in machine().items() if v is not None),
         "corpus_hash": meta.get("corpus_hash"),

@@ -50,7 +50,11 @@ class Study:
             if got != h:
                 raise ValueError(f"--out '{out}' holds a different study (config hash {got}, this one {h}); choose a new directory")
         out.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"hash": h, "profile": self.p.to_dict(), "seeds": self.seeds}, indent=1, default=str))
+        self.started = time.time()
+        if marker.exists():
+            self.started = json.loads(marker.read_text()).get("started", self.started)
+        marker.write_text(json.dumps({"hash": h, "started": self.started, "profile": self.p.to_dict(), "seeds": self.seeds},
+                                     indent=1, default=str))
 
     def run_names(self) -> list[tuple[ModelSpec, int, str]]:
         return [(m, s, m.name if self.seeds == 1 else f"{m.name}#seed{s}") for m in self.p.models for s in range(self.seeds)]
