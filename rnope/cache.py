@@ -17,6 +17,21 @@ import torch
 from .config import LayerSpec, ModelConfig
 
 
+def write_static(k_buf, v_buf, t_buf, k: torch.Tensor, v: torch.Tensor, times: torch.Tensor):
+    """Write new keys/values (B, Hkv, T, D) at stream ``times`` (T,) into slots ``times % size`` of
+    fixed-size buffers, in place; return the whole buffers ``(k_buf, v_buf, t_buf)`` to attend.
+
+    The static-shape counterpart of :meth:`LayerCache.update` for decode (T <= size): the slot
+    comes from a tensor, not a Python int, so ``torch.compile`` traces one graph for every step.
+    A full layer's buffer holds every position (``times < size``), so its slot is the time itself.
+    """
+    slots = times % k_buf.shape[2]
+    k_buf.index_copy_(2, slots, k.to(k_buf.dtype))
+    v_buf.index_copy_(2, slots, v.to(v_buf.dtype))
+    t_buf.index_copy_(0, slots, times)
+    return k_buf, v_buf, t_buf
+
+
 class LayerCache:
     """K/V store of one layer. ``slots`` = None keeps every position; otherwise a ring buffer."""
 

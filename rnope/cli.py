@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "rnope.commands.analyze",
     "rnope.commands.eval",
     "rnope.commands.reproduce",
+    "rnope.commands.bench",
 ]
 
 

@@ -48,7 +48,7 @@ def prefill(model: Transformer, prompts: Sequence[Sequence[int]], cache, pad_id:
     for i, p in enumerate(prompts):
         tokens[i, T - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
         mask[i, T - len(p) :] = 1
-    return model(tokens, cache=cache, attention_mask=mask)[:, -1]
+    return model(tokens, cache=cache, attention_mask=mask, logits_to_keep=1)[:, -1]
 
 
 def decode_one_token(model: Transformer, token: torch.Tensor, cache) -> torch.Tensor:
@@ -69,12 +69,18 @@ def generate(
     *,
     pad_id: int = 0,
     callback: TokenCallback | None = None,
+    compile: bool = False,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` per prompt; returns the new ids per prompt.
 
     A row stops after emitting any of ``stop_ids`` (the stop token is included). ``callback(step,
     tokens)`` is called after each step with the new token of every row (None for finished rows).
+    Decode runs :class:`rnope.fast.Decoder` over fixed-size cache buffers; ``compile=True`` compiles
+    its step with ``torch.compile`` (worth it for long generations: the first call compiles; it
+    falls back to eager where compiling is not possible).
     """
+    from .fast import Decoder
+
     vocab = model.config.vocab_size
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
@@ -107,6 +113,7 @@ def generate(
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
     logits = prefill(model, prompts, cache, pad_id)
+    decode = Decoder(model, cache, compile=compile)
     for step in range(max_new_tokens):
         nxt = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         ids = nxt.tolist()
@@ -123,5 +130,5 @@ def generate(
             callback(step, emitted)
         if all(done) or step == max_new_tokens - 1:
             break
-        logits = decode_one_token(model, nxt, cache)
+        logits = decode(nxt)
     return out

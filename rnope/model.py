@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cache import HybridCache
+from .cache import HybridCache, write_static
 from .config import LayerSpec, ModelConfig
-from .kernels import attend_fresh, reference_attention, sdpa, visibility
+from .kernels import attend_fresh, reference_attention, rotary, sdpa, visibility
 from .rope import apply_rotary, llama4_temperature, rope_tables, rotary_angles
 
 # observer(layer_idx, spec, q (B,H,Tq,D), k (B,Hkv,Tk,D), q_time (Tq,), k_time (Tk,), start (B,)|None)
@@ -36,6 +36,8 @@ class LayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32 and self.weight.dim() == 1:
+            return F.layer_norm(x, x.shape[-1:], self.weight, None, self.eps)  # one fused kernel
         y = F.layer_norm(x.float(), x.shape[-1:], eps=self.eps)
         return (y * self.weight.float()).to(x.dtype)
 
@@ -63,7 +65,11 @@ class Context:
     cache: HybridCache | None
     impl: str = "auto"
     observer: Observer | None = None
+    # static decode (rnope.fast): per layer (k, v, time) buffers of fixed size, written at ``times``
+    # (a tensor) and attended whole — no Python ints in the path, so ``torch.compile`` sees one shape
+    kv: tuple | None = None
     _angles: dict = field(default_factory=dict)
+    _masks: dict = field(default_factory=dict)
 
     def angles(self, attn: "Attention"):
         """cos/sin for a layer's tables, computed once per distinct table per forward."""
@@ -73,6 +79,21 @@ class Context:
             mix = None if attn.rope_mix is None else attn.rope_mix.to(dev)
             self._angles[key] = rotary_angles(self.positions, attn.inv_freq.to(dev), attn.rope_factor, mix)
         return self._angles[key]
+
+    def cis(self, attn: "Attention") -> torch.Tensor:
+        """The same angles as complex ``cos + i·sin`` (B, 1, T, D/2) for the eager interleaved path."""
+        key = ("cis",) + attn.rope_key
+        if key not in self._angles:
+            self._angles[key] = rotary.cis(*self.angles(attn))
+        return self._angles[key]
+
+    def mask(self, spec: LayerSpec, k_time: torch.Tensor) -> torch.Tensor:
+        """Visibility of the cached keys, computed once per forward per (span, window, chunk, length):
+        every layer of a cache is written at the same times, so layers of one kind share it."""
+        key = (spec.span, spec.window, spec.chunk, k_time.shape[0])
+        if key not in self._masks:
+            self._masks[key] = visibility(self.times, k_time, spec, self.start)
+        return self._masks[key]
 
     def visible_keys(self, spec: LayerSpec) -> torch.Tensor:
         """Number of keys each query sees, n (B, T) — for Scalable-Softmax."""
@@ -116,8 +137,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
         if self.spec.rope:
-            cos, sin = ctx.angles(self)
-            q, k = apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
+            if rotary.use_complex(self.layout):  # one complex multiply: same math, ~10x faster eager
+                rot = ctx.cis(self)
+                q, k = rotary.apply_rotary_complex(q, rot), rotary.apply_rotary_complex(k, rot)
+            else:
+                cos, sin = ctx.angles(self)
+                q, k = apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
             if self.spec.qk_l2norm:  # Llama 4: weightless RMS-style L2 norm after RoPE, RoPE layers only
                 q, k = _l2norm(q), _l2norm(k)
         elif self.spec.temperature == "llama4":  # Llama 4 attn_temperature_tuning, NoPE layers only
@@ -128,19 +153,24 @@ class Attention(nn.Module):
             q = (q.float() * (self.ssmax_scale.float()[None, :, None] * logn[:, None, :])[..., None]).to(q.dtype)
 
         cache = ctx.cache
-        if cache is None or cache.seen == 0:
+        if ctx.kv is None and (cache is None or cache.seen == 0):
             if ctx.observer is not None:
                 ctx.observer(self.layer_idx, self.spec, q, k, ctx.times, ctx.times, ctx.start)
             y = attend_fresh(q, k, v, self.spec, times=ctx.times, start=ctx.start, impl=ctx.impl)
             if cache is not None:
                 cache.layers[self.layer_idx].store(k, v, ctx.times, cache.seen)
         else:
-            keys, vals, k_time = cache.layers[self.layer_idx].update(k, v, ctx.times, cache.seen)
+            if ctx.kv is not None:  # static decode: write at times, attend the whole fixed-size buffers
+                keys, vals, k_time = write_static(*ctx.kv[self.layer_idx], k, v, ctx.times)
+            else:
+                keys, vals, k_time = cache.layers[self.layer_idx].update(k, v, ctx.times, cache.seen)
             if ctx.observer is not None:
                 ctx.observer(self.layer_idx, self.spec, q, keys, ctx.times, k_time, ctx.start)
-            allowed = visibility(ctx.times, k_time, self.spec, ctx.start)
+            allowed = ctx.mask(self.spec, k_time)
             if ctx.impl == "reference":
                 y = reference_attention(q, keys, vals, allowed)[0]
+            elif T <= sdpa.DECODE_MAX_Q:  # a few queries: grouped matmuls beat the flash kernel
+                y = sdpa.decode(q, keys, vals, allowed)
             else:
                 y = sdpa.masked(q, keys, vals, allowed)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -154,7 +184,10 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if torch.is_grad_enabled():
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        g = F.silu(self.gate_proj(x), inplace=True)  # inference: no (B, T, d_ff) temporaries
+        return self.down_proj(g.mul_(self.up_proj(x)))
 
 
 class Block(nn.Module):
@@ -175,7 +208,10 @@ class Block(nn.Module):
         if self.sequential:
             x = x + self.self_attn(h, ctx)
             return x + self.mlp(self.post_attention_layernorm(x))
-        return x + self.self_attn(h, ctx) + self.mlp(h)
+        y = self.self_attn(h, ctx)
+        if torch.is_grad_enabled() or y.dtype != x.dtype:
+            return x + y + self.mlp(h)
+        return y.add_(x).add_(self.mlp(h))  # inference: the same sums in place, no temporaries
 
 
 class Transformer(nn.Module):
@@ -189,7 +225,7 @@ class Transformer(nn.Module):
         self.norm = make_norm(config, config.d_model)
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.attn_impl = "auto"  # "auto" | "dense" | "reference": which kernels fresh attention uses
+        self.attn_impl = "auto"  # "auto" | "dense" | "reference" | "flex" | "sdpa": kernels of fresh attention
         init_weights(self)
 
     # -------------------------------------------------------------------------------------------
@@ -212,8 +248,10 @@ class Transformer(nn.Module):
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         observer: Observer | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
-        """Logits for ``tokens`` (B, T).
+        """Logits for ``tokens`` (B, T) — or for the last ``logits_to_keep`` positions only (0 = all;
+        a prefill that only samples the next token needs 1, sparing the T×vocab head).
 
         cache: a :class:`HybridCache`; new tokens are appended and positions continue.
         attention_mask: (B, T) 1 = token, 0 = left padding (only on the first call with a cache);
@@ -222,6 +260,8 @@ class Transformer(nn.Module):
         observer: called by every layer with its (post-RoPE) q and k — attention analysis hook.
         """
         B, T = self._check_tokens(tokens)
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = every position), got {logits_to_keep!r}")
         start = None
         if cache is not None:
             cache.check(B, T)
@@ -243,15 +283,23 @@ class Transformer(nn.Module):
         elif cache is not None or positions.shape != (B, T):
             raise ValueError(f"positions must be (B, T) = {(B, T)} and used without a cache, got {tuple(positions.shape)}")
         ctx = Context(times=times, positions=positions, start=start, cache=cache, impl=self.attn_impl, observer=observer)
+        x = self.hidden(tokens, ctx)
+        if cache is not None:
+            cache.advance(T)
+        return self.logits(x[:, -logits_to_keep:] if logits_to_keep > 0 else x)
 
+    def hidden(self, tokens: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """The blocks: embeddings of ``tokens`` (B, T) -> last hidden states (B, T, d_model), before
+        the final norm. No checks and no Python-side state: :mod:`rnope.fast` compiles through it."""
         x = self.embed_tokens(tokens)
         for block in self.layers:
             x = block(x, ctx)
-        if cache is not None:
-            cache.advance(T)
-        x = self.norm(x)
+        return x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and the (tied) LM head: hidden (B, T, d_model) -> logits (B, T, vocab)."""
         head = self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
-        return F.linear(x, head) * self.config.logit_scale
+        return F.linear(self.norm(x), head) * self.config.logit_scale
 
     def _check_tokens(self, tokens: torch.Tensor) -> tuple[int, int]:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
@@ -262,7 +310,7 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         if B == 0 or T == 0:
             raise ValueError(f"tokens must be non-empty, got shape {(B, T)}")
-        if tokens.device.type != "meta":
+        if tokens.device.type != "meta" and not torch.compiler.is_compiling():  # a data-dependent check
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= self.config.vocab_size:
                 bad = lo if lo < 0 else hi

@@ -1,8 +1,8 @@
 """Fast attention paths on ``F.scaled_dot_product_attention`` (CPU and GPU).
 
 * ``causal``   — full causal attention, no mask tensor.
-* ``sliding``  — O(T·W) blockwise sliding window: queries in blocks of W attend a band of 2W keys
-  (the block and the one before it), so cost and memory grow linearly in T.
+* ``sliding``  — O(T·W) blockwise sliding window: queries in blocks of c <= W attend a band of W + c
+  keys (their own block and the W keys before it), so cost and memory grow linearly in T.
 * ``chunked``  — Llama-4 chunked local attention: causal attention inside each chunk of C tokens.
 * ``masked``   — any visibility mask (cached decode, padded prefill); the general fallback.
 
@@ -31,6 +31,28 @@ def causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | 
 def masked(q, k, v, allowed: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
     """Attention under a boolean visibility mask (B|1, 1, Tq, Tk); empty rows are made finite."""
     return _sdpa(q, k, v, mask=fill_empty_rows(allowed), scale=scale)
+
+
+DECODE_MAX_Q = 4  # up to this many queries per row, cached attention uses :func:`decode`
+
+
+def decode(q, k, v, allowed: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+    """Attention of a few queries (decode) over cached keys, as grouped matmuls in fp32.
+
+    q (B, H, Tq, D), k/v (B, Hkv, S, D), allowed (B|1, 1, Tq, S). For Tq = 1 the CPU flash kernel
+    spends more on its blocking than on the math; here the ``H/Hkv`` query heads that share a KV head
+    are stacked so K and V are read once and never repeated (GQA). Empty rows are made finite.
+    """
+    B, H, Tq, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    r = H // Hkv
+    scale = D**-0.5 if scale is None else scale
+    qg = q.float().reshape(B, Hkv, r * Tq, D)  # query head h = kv·r + j shares KV head kv
+    scores = (qg @ k.float().transpose(-1, -2)) * scale  # (B, Hkv, r·Tq, S)
+    ok = fill_empty_rows(allowed)[:, :, None]  # (B|1, 1, 1, Tq, S)
+    scores = scores.view(B, Hkv, r, Tq, S).masked_fill(~ok, float("-inf"))
+    p = scores.softmax(dim=-1).view(B, Hkv, r * Tq, S)
+    return (p @ v.float()).view(B, H, Tq, D).to(q.dtype)
 
 
 def _band_mask(T: int, window: int, nblk: int, start: torch.Tensor, device) -> torch.Tensor:
@@ -90,31 +112,43 @@ def sliding(
     return out[:, :, :T]
 
 
-def _sliding_unpadded(q, k, v, W, nblk, Tp, scale):
-    """No padding: block 0 is plain causal; blocks 1.. share one (W, 2W) band mask (broadcast).
+def _query_block(window: int, grad: bool) -> int:
+    """Queries per block of the unpadded sliding kernel: a block of c queries reads W + c keys, so
+    smaller blocks waste less of the band (1 + c/W of the ideal work) at more, smaller SDPA calls.
+    Measured on CPU (W=128): W/4 fastest for inference, W/2 with backward; small windows keep W."""
+    if window <= 32:
+        return window
+    return window // 2 if grad else window // 4
 
-    Keys past T are only visible to padded query rows (which are cut), so they need no mask.
+
+def _sliding_unpadded(q, k, v, W, nblk, Tp, scale):
+    """No padding: the first W queries are plain causal; then blocks of c queries (c | W, see
+    :func:`_query_block`) attend a band of W + c keys under one shared (c, W + c) mask.
+
+    Block j holds queries at times W + j·c + a and band keys at times j·c + b (all >= 0); visible iff
+    a < b <= a + W (t - W < s <= t). Keys past T are only visible to padded query rows (cut).
     """
     B, H, T, D = q.shape
     Hkv = k.shape[1]
+    c = _query_block(W, q.requires_grad or k.requires_grad or v.requires_grad)
     first = causal(q[:, :, :W], k[:, :, :W], v[:, :, :W], scale=scale)
-    n = nblk - 1
-    qb = F.pad(q[:, :, W:], (0, 0, 0, Tp - T)).view(B, H, n, W, D).transpose(1, 2)  # (B, n, H, W, D)
+    n = -(-(T - W) // c)
+    qb = F.pad(q[:, :, W:], (0, 0, 0, n * c - (T - W))).view(B, H, n, c, D).transpose(1, 2)  # (B, n, H, c, D)
 
-    def band(x):  # keys [(i-1)W, (i+1)W) for blocks i = 1..nblk-1 -> (B, n, Hkv, 2W, D)
-        return F.pad(x, (0, 0, 0, Tp - T)).unfold(2, 2 * W, W).permute(0, 2, 1, 4, 3)
+    def band(x):  # keys [j·c, j·c + W + c) for blocks j = 0..n-1 -> (B, n, Hkv, W + c, D)
+        return F.pad(x, (0, 0, 0, n * c + W - T)).unfold(2, W + c, c).permute(0, 2, 1, 4, 3)
 
-    a = torch.arange(W, device=q.device)[:, None]
-    b = torch.arange(2 * W, device=q.device)[None, :]
-    mask = (b > a) & (b <= a + W)  # (W, 2W): t-W < s <= t
+    a = torch.arange(c, device=q.device)[:, None]
+    b = torch.arange(W + c, device=q.device)[None, :]
+    mask = (b > a) & (b <= a + W)  # (c, W + c): t-W < s <= t
     out = _sdpa(
-        qb.reshape(B * n, H, W, D),
-        band(k).reshape(B * n, Hkv, 2 * W, D),
-        band(v).reshape(B * n, Hkv, 2 * W, D),
+        qb.reshape(B * n, H, c, D),
+        band(k).reshape(B * n, Hkv, W + c, D),
+        band(v).reshape(B * n, Hkv, W + c, D),
         mask=mask,
         scale=scale,
     )
-    rest = out.view(B, n, H, W, D).transpose(1, 2).reshape(B, H, Tp - W, D)
+    rest = out.view(B, n, H, c, D).transpose(1, 2).reshape(B, H, n * c, D)
     return torch.cat((first, rest), dim=2)[:, :, :T]
 
 

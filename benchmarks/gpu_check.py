@@ -1,0 +1,354 @@
+"""The one-script GPU check: kernels, cache and a compiled bf16 training step, with a JSON summary.
+
+    python benchmarks/gpu_check.py                  # on a CUDA machine (H100: < 5 minutes)
+    python benchmarks/gpu_check.py --dry-run        # anywhere: the same code at tiny shapes on CPU
+
+Without CUDA (and without ``--dry-run``) it prints ``{"skipped": "no CUDA device"}`` and exits 0.
+Every section runs under one deadline (``--budget-s``, default 270 s); a section that would not fit
+is recorded as skipped rather than overrunning. Sections:
+
+1. **kernels** — FlexAttention (``torch.nn.attention.flex_attention`` with ``create_block_mask``;
+   sliding mask_mod ``kv <= q & q - kv < W``, chunked, causal) and the blockwise SDPA sliding
+   kernel against the fp32 reference, forward and backward, fp32 and bf16, GQA, a length that is
+   not a multiple of the 128-token block; FlashAttention ``window_size=(W-1, 0)`` too when the
+   ``flash_attn`` package is installed.
+2. **model** — a small rnope-swa on the GPU: ``attn_impl="auto"`` (FlexAttention) vs ``"reference"``
+   logits and gradients; cached decode (:class:`rnope.fast.Decoder`, eager and compiled) vs the
+   uncached forward.
+3. **train** — a ≈125M-parameter rnope-swa (12 layers, d_model 768, 12 heads, 4 KV heads, d_ff 3072,
+   vocab 32768, window 1024) at T = 8192: bf16 autocast, fused AdamW, ``torch.compile``; tokens/s
+   and MFU = (6·N + attention FLOPs over the visible keys)·tokens / time, against the best bf16
+   ``torch.mm`` measured here and against the card's nominal dense bf16 peak.
+
+Exit code 0 when every check that ran passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the rnope package of this checkout, installed or not
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+NOMINAL_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0, "A10": 125.0}
+
+BIG = dict(vocab_size=32768, n_layer=12, d_model=768, n_head=12, n_kv_head=4, d_ff=3072, window=1024, max_seq_len=8192)
+TINY = dict(vocab_size=97, n_layer=4, d_model=64, n_head=4, n_kv_head=2, d_ff=128, window=16, chunk_size=16, max_seq_len=512)
+
+
+class Deadline:
+    def __init__(self, budget_s: float):
+        self.t0, self.budget = time.perf_counter(), budget_s
+
+    def left(self) -> float:
+        return self.budget - (time.perf_counter() - self.t0)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def maxerr(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def _grads(out: torch.Tensor, tensors, seed: int = 1):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    w = torch.randn(out.shape, generator=g).to(out.device, out.dtype)
+    return torch.autograd.grad((out * w).float().sum(), tensors)
+
+
+# ------------------------------------------------------------------------------------------- kernels
+def check_kernels(dev: torch.device, dry: bool) -> dict:
+    from rnope.config import LayerSpec
+    from rnope.kernels import flex, reference_attention, sdpa, visibility
+
+    T, W, C = (77, 16, 16) if dry else (1000, 256, 256)
+    B, H, Hkv, D = 2, 4, 2, 64
+    specs = {"sliding": LayerSpec(rope=True, span="sliding", window=W), "chunked": LayerSpec(rope=True, span="chunked", chunk=C),
+             "causal": LayerSpec(rope=False, span="full")}
+    dtypes = [torch.float32] + ([torch.bfloat16] if dev.type == "cuda" else [])
+    tol = {torch.float32: 2e-3, torch.bfloat16: 3e-2}
+    backward = dev.type == "cuda"  # FlexAttention has no CPU backward
+    out: dict = {"T": T, "window": W, "flex_importable": flex.importable()}
+    g = torch.Generator(device="cpu").manual_seed(0)
+    base = [torch.randn(B, h, T, D, generator=g) for h in (H, Hkv, Hkv)]
+    times = torch.arange(T, device=dev)
+    ok = True
+    for dt in dtypes:
+        q, k, v = (x.to(dev, dt).requires_grad_(backward) for x in base)
+        for name, spec in specs.items():
+            allowed = visibility(times, times, spec)
+            ref = reference_attention(q.float(), k.float(), v.float(), allowed)[0]
+            cands = {}
+            if flex.importable():
+                cands["flex"] = lambda spec=spec: flex.attend(q, k, v, spec)
+            if name == "sliding":
+                cands["sdpa_blockwise"] = lambda: sdpa.sliding(q, k, v, W)
+            for cname, fn in cands.items():
+                key = f"{cname}/{name}/{str(dt).split('.')[-1]}"
+                try:
+                    with torch.set_grad_enabled(backward):
+                        y = fn()
+                    row = {"fwd_maxerr": maxerr(y, ref)}
+                    if backward:
+                        gr = _grads(ref, (q, k, v))
+                        gy = _grads(y, (q, k, v))
+                        row["bwd_maxerr"] = max(maxerr(a, b) for a, b in zip(gy, gr))
+                    row["ok"] = all(v_ <= tol[dt] * (10 if k_ == "bwd_maxerr" else 1) for k_, v_ in row.items() if k_.endswith("maxerr"))
+                except Exception as e:  # a kernel that does not run is a failed check, not a crash
+                    row = {"ok": False, "error": f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                ok &= row["ok"]
+                out[key] = row
+    # FlashAttention's window_size, where the package is installed (layout (B, T, H, D), bf16)
+    try:
+        from flash_attn import flash_attn_func  # type: ignore
+    except Exception:
+        out["flash_attn"] = "not installed"
+    else:
+        if dev.type == "cuda":
+            q, k, v = (x.to(dev, torch.bfloat16) for x in base)
+            allowed = visibility(times, times, specs["sliding"])
+            ref = reference_attention(q.float(), k.float(), v.float(), allowed)[0]
+            y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True, window_size=(W - 1, 0))
+            err = maxerr(y.transpose(1, 2), ref)
+            out["flash_attn/sliding/bfloat16"] = {"fwd_maxerr": err, "ok": err <= tol[torch.bfloat16]}
+            ok &= err <= tol[torch.bfloat16]
+    out["ok"] = bool(ok)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- model
+def check_model(dev: torch.device, dry: bool, compile_decode: bool) -> dict:
+    from rnope import ModelConfig, Transformer
+    from rnope.fast import Decoder
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_preset("rnope-swa", **TINY) if dry else ModelConfig.from_preset(
+        "rnope-swa", vocab_size=4096, n_layer=8, d_model=256, n_head=4, n_kv_head=2, d_ff=768, window=128, max_seq_len=2048)
+    model = Transformer(cfg).to(dev)
+    T = 100 if dry else 700
+    x = torch.randint(0, cfg.vocab_size, (2, T), device=dev)
+    out: dict = {"T": T}
+    grad = dev.type == "cuda"  # the flex path has no CPU backward
+    outs, grads = {}, {}
+    for impl in ("auto", "reference"):
+        model.attn_impl = impl
+        model.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(grad):
+            y = model(x)
+            if grad:
+                y.float().square().mean().backward()
+                grads[impl] = [p.grad.detach().clone() for p in model.parameters()]
+        outs[impl] = y.detach()
+    model.attn_impl = "auto"
+    out["logits_maxerr"] = maxerr(outs["auto"], outs["reference"])
+    ok = out["logits_maxerr"] <= 1e-3
+    if grad:
+        out["grad_max_relerr"] = max(maxerr(a, b) / (float(b.abs().max()) + 1e-12) for a, b in zip(grads["auto"], grads["reference"]))
+        ok &= out["grad_max_relerr"] <= 1e-3
+    # cached decode (static buffers) vs the uncached forward, eager and compiled
+    model.eval()
+    P, N = (20, 40) if dry else (300, 200)  # decode across the window boundary
+    seq = torch.randint(0, cfg.vocab_size, (2, P + N), device=dev)
+    extra = 20  # steps timed after the check, compile excluded
+    with torch.no_grad():
+        full = model(seq)
+        for comp in (False,) + ((True,) if compile_decode else ()):
+            cache = model.new_cache(2, P + N + extra)
+            logits = [model(seq[:, :P], cache=cache)]
+            dec = Decoder(model, cache, compile=comp)
+            for i in range(P, P + N):
+                logits.append(dec(seq[:, i])[:, None])
+            err = maxerr(torch.cat(logits, 1), full)
+            tok = seq[:, -1]
+            sync(dev)
+            t = time.perf_counter()
+            for _ in range(extra):
+                tok = dec(tok).argmax(-1)
+            sync(dev)
+            out["decode_compiled" if comp else "decode_eager"] = {"maxerr": err, "compiled": dec.compiled,
+                                                                  "ms_per_step": (time.perf_counter() - t) / extra * 1e3}
+            ok &= err <= 1e-3
+    out["ok"] = bool(ok)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- train
+def mm_peak(dev: torch.device, dtype: torch.dtype, n: int, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    torch.mm(a, b)
+    sync(dev)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        sync(dev)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def flops_per_token(cfg, T: int) -> float:
+    from bench import train_flops_per_token
+
+    return train_flops_per_token(cfg, T)[0]
+
+
+def train_variant(dev: torch.device, cfg, impl: str, compile: bool, deadline: Deadline, batch: int, steps: int) -> dict:
+    """Time one training step setup: forward, fp32 cross-entropy, backward, clip, fused AdamW."""
+    from rnope import Transformer
+
+    cuda = dev.type == "cuda"
+    T = cfg.max_seq_len
+    torch.manual_seed(0)
+    model = Transformer(cfg).to(dev).train()
+    model.attn_impl = impl
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+    fwd = torch.compile(model, dynamic=False) if compile else model
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    x = torch.randint(0, cfg.vocab_size, (batch, T + 1), device=dev)
+    out: dict = {"attn_impl": impl, "compiled": compile, "losses": []}
+
+    def step() -> float:
+        sync(dev)
+        t = time.perf_counter()
+        with amp:
+            logits = fwd(x[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(dev)
+        out["losses"].append(float(loss))
+        return time.perf_counter() - t
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    out["first_step_s"] = step()  # compiles
+    ts: list[float] = []
+    for _ in range(steps + 1):
+        if deadline.left() < 10 + 2 * (max(ts) if ts else out["first_step_s"]):
+            out["note"] = "stopped early by the deadline"
+            break
+        ts.append(step())
+    ts = ts[1:] or ts  # the first timed step may still autotune
+    dt = sorted(ts)[len(ts) // 2]
+    tok = batch * T
+    out.update(step_s=dt, step_s_all=ts, tok_per_s=tok / dt, max_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+               loss_finite=all(math.isfinite(v) for v in out["losses"]))
+    del model, opt, fwd
+    return out
+
+
+def check_train(dev: torch.device, dry: bool, compile: bool, deadline: Deadline, batch: int, steps: int) -> dict:
+    """≈125M rnope-swa at T=8192 (tiny on the dry run): FlexAttention, then the blockwise SDPA path
+    if the deadline allows; MFU of each against the measured bf16 mm peak and the nominal one."""
+    from rnope import ModelConfig
+
+    cuda = dev.type == "cuda"
+    cfg = ModelConfig.from_preset("rnope-swa", **({**TINY, "max_seq_len": 256} if dry else BIG))
+    T = cfg.max_seq_len
+    fpt = flops_per_token(cfg, T)
+    peak = mm_peak(dev, torch.bfloat16 if cuda else torch.float32, 8192 if cuda else 512)
+    name = torch.cuda.get_device_name(0) if cuda else ""
+    nominal = next((v for k, v in NOMINAL_BF16_TFLOPS.items() if k in name), None)
+    out: dict = {"params": cfg.num_params(), "batch": batch, "seq_len": T, "window": cfg.window, "autocast": "bf16" if cuda else "none (fp32)",
+                 "fused_adamw": cuda, "flops_per_token": fpt, "mm_peak_tflops": peak / 1e12, "nominal_bf16_tflops": nominal, "variants": {}}
+    ok = True
+    for impl, need in (("flex" if cuda else "auto", 0), ("sdpa", 100 if compile else 10)):
+        if need and deadline.left() < need:
+            out["variants"][impl] = {"skipped": f"deadline ({deadline.left():.0f}s left)"}
+            continue
+        try:
+            r = train_variant(dev, cfg, impl, compile, deadline, batch, steps)
+        except Exception as e:
+            r = {"error": f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                 "traceback": traceback.format_exc().splitlines()[-6:]}
+            ok = False
+            out["variants"][impl] = r
+            continue
+        flops = fpt * batch * T / r["step_s"]
+        r.update(achieved_tflops=flops / 1e12, mfu_vs_measured_mm=flops / peak)
+        if nominal:
+            r["mfu_vs_nominal"] = flops / (nominal * 1e12)
+        ok &= r["loss_finite"]
+        out["variants"][impl] = r
+        if cuda:
+            torch.cuda.empty_cache()
+    out["ok"] = bool(ok)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (no CUDA needed)")
+    ap.add_argument("--budget-s", type=float, default=270.0, help="deadline for all sections (seconds)")
+    ap.add_argument("--batch", type=int, default=2, help="training batch (sequences of 8192 tokens)")
+    ap.add_argument("--steps", type=int, default=8, help="timed training steps")
+    ap.add_argument("--no-compile", action="store_true", help="eager training step and decode")
+    ap.add_argument("--json", default=None, help="also write the summary here")
+    a = ap.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if not cuda and not a.dry_run:
+        summary = {"skipped": "no CUDA device", "torch": torch.__version__}
+        print(json.dumps(summary))
+        return 0
+    dev = torch.device("cuda" if cuda and not a.dry_run else "cpu")
+    dry = a.dry_run
+    deadline = Deadline(a.budget_s)
+    compile = not a.no_compile and not dry  # the dry run checks the code paths, not the compiler
+    summary: dict = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (dry run)", "torch": torch.__version__,
+                     "cuda": torch.version.cuda, "dry_run": dry, "budget_s": a.budget_s}
+    if dev.type == "cuda":
+        summary["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 checks in fp32
+    sections = [
+        ("kernels", 30, lambda: check_kernels(dev, dry)),
+        ("model", 60 if compile else 15, lambda: check_model(dev, dry, compile)),
+        ("train", 90 if compile else 20, lambda: check_train(dev, dry, compile, deadline, a.batch, a.steps)),
+    ]
+    ok = True
+    for name, need, fn in sections:
+        if deadline.left() < need:
+            summary[name] = {"skipped": f"deadline ({deadline.left():.0f}s left, needs ~{need}s)"}
+            continue
+        t = time.perf_counter()
+        try:
+            res = fn()
+        except Exception as e:
+            res = {"ok": False, "error": f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                   "traceback": traceback.format_exc().splitlines()[-6:]}
+        res["section_s"] = time.perf_counter() - t
+        summary[name] = res
+        ok &= bool(res.get("ok", False))
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    summary["ok"] = bool(ok)
+    summary["elapsed_s"] = deadline.elapsed()
+    text = json.dumps(summary, default=float)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(json.dumps(summary, indent=2, default=float))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

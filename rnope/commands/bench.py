@@ -1,0 +1,50 @@
+"""``rnope bench [--quick] --out FILE.json``: training, prefill/decode, KV-cache and sliding-kernel
+figures vs transformers, measured in one run (``benchmarks/bench.py`` does the work)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+NAME = "bench"
+HELP = "benchmark training, prefill/decode, KV cache and the sliding kernel against transformers (JSON out)"
+
+
+def _module():
+    """``benchmarks/bench.py`` of this source tree (benchmarks are not part of the installed package)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: rnope bench needs a source checkout (pip install -e .)")
+    if "rnope_benchmarks_bench" in sys.modules:
+        return sys.modules["rnope_benchmarks_bench"]
+    spec = importlib.util.spec_from_file_location("rnope_benchmarks_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="drop 32k, fewer rounds and new tokens")
+    p.add_argument("--out", required=True, help="write the JSON result here")
+    p.add_argument("--only", default="train,inference,kv,sliding", help="comma-separated parts: train, inference, kv, sliding")
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers baselines")
+    p.add_argument("--no-compile", action="store_true", help="eager only")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3 with --quick, else 5)")
+    p.add_argument("--lengths", default=None, help="prompt lengths for inference / KV (default 2048,8192[,32768])")
+    p.add_argument("--fused-adamw", choices=("default", "fused", "unfused"), default="default",
+                   help="AdamW implementation for every training variant (default: torch's, as rnope train on CPU)")
+
+
+def run(args) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.rounds is not None and args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        raise FileNotFoundError(f"output directory '{out.parent}' does not exist")
+    return _module().run_args(args)

@@ -1,0 +1,347 @@
+"""Every fast path of issue 8 against its eager reference: decode kernel, static cache writes,
+the static / compiled decoder, last-position logits, FlexAttention masks, the GPU check's dry run
+and the benchmark's accounting."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnope import ModelConfig, Transformer, generate
+from rnope.cache import write_static
+from rnope.config import LayerSpec
+from rnope.fast import Decoder, compile_available, decode_step
+from rnope.kernels import attend_fresh, flex, reference_attention, sdpa, visibility
+
+from .conftest import CORE_PRESETS, TINY, tiny_model
+
+W = TINY["window"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("rnope_bench_under_test", ROOT / "benchmarks" / "bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ------------------------------------------------------------------------------------ decode kernel
+@pytest.mark.parametrize("Tq", [1, 2, 4])
+@pytest.mark.parametrize("H,Hkv", [(4, 2), (4, 4), (4, 1)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_kernel_equals_reference_forward_and_backward(Tq, H, Hkv, padded):
+    g = torch.Generator().manual_seed(0)
+    B, S, D = 3, 29, 8
+    q = (torch.randn(B, H, Tq, D, generator=g) * 2).requires_grad_(True)
+    k = (torch.randn(B, Hkv, S, D, generator=g) * 2).requires_grad_(True)
+    v = torch.randn(B, Hkv, S, D, generator=g).requires_grad_(True)
+    k_time = torch.arange(S)
+    k_time[5] = -1  # an unwritten slot
+    q_time = torch.arange(S - Tq, S)
+    spec = LayerSpec(rope=True, span="sliding", window=7)
+    start = torch.tensor([0, 4, 30]) if padded else None  # row 2: every key is padding -> empty rows
+    allowed = visibility(q_time, k_time, spec, start)
+    ref = reference_attention(q, k, v, allowed)[0]
+    out = sdpa.decode(q, k, v, allowed)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn(ref.shape, generator=g)
+    for a, b in zip(torch.autograd.grad((out * w).sum(), (q, k, v)), torch.autograd.grad((ref * w).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("W", [33, 48, 64])  # windows > 32 use query blocks of W/2 (grad) or W/4 (inference)
+@pytest.mark.parametrize("T", [W_ + d for W_ in (64,) for d in (1, 37)] + [301])
+def test_sliding_kernel_sub_window_blocks_equal_reference(W, T):
+    from rnope.kernels.sdpa import _query_block
+
+    assert _query_block(W, True) < W and _query_block(W, False) < _query_block(W, True)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, T, 8, generator=g).requires_grad_(True) for h in (4, 2, 2))
+    spec = LayerSpec(rope=True, span="sliding", window=W)
+    times = torch.arange(T)
+    ref = reference_attention(q, k, v, visibility(times, times, spec))[0]
+    out = sdpa.sliding(q, k, v, W)  # grad enabled: W/2 blocks
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn(ref.shape, generator=g)
+    for a, b in zip(torch.autograd.grad((out * w).sum(), (q, k, v)), torch.autograd.grad((ref * w).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # inference: W/4 blocks
+        torch.testing.assert_close(sdpa.sliding(q, k, v, W), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fill_empty_rows_is_unchanged_semantics():
+    from rnope.kernels import fill_empty_rows
+
+    m = torch.tensor([[True, False], [False, False]])[None, None]
+    assert fill_empty_rows(m)[0, 0].tolist() == [[True, False], [True, True]]
+
+
+# ------------------------------------------------------------------------------------ static writes
+@pytest.mark.parametrize("slots,max_len", [(5, 40), (None, 40), (64, 40)])  # ring, full, ring wider than the cache
+def test_write_static_matches_layer_cache_update(slots, max_len):
+    from rnope.cache import LayerCache
+
+    spec = LayerSpec(rope=True, span="sliding", window=slots) if slots else LayerSpec(rope=False, span="full")
+    a = LayerCache(spec, 2, 2, 4, max_len, torch.float32, "cpu")
+    b = LayerCache(spec, 2, 2, 4, max_len, torch.float32, "cpu")
+    g = torch.Generator().manual_seed(0)
+    for t in range(max_len):
+        k, v = torch.randn(2, 2, 1, 4, generator=g), torch.randn(2, 2, 1, 4, generator=g)
+        times = torch.tensor([t])
+        ka, va, ta = a.update(k, v, times, t)
+        kb, vb, tb = write_static(b.k, b.v, b.time, k, v, times)
+        assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v) and torch.equal(a.time, b.time)
+        # attending the whole buffer under the visibility mask == attending what update returns
+        q = torch.randn(2, 4, 1, 4, generator=g)
+        ya = reference_attention(q, ka, va, visibility(times, ta, spec))[0]
+        yb = sdpa.decode(q, kb, vb, visibility(times, tb, spec))
+        torch.testing.assert_close(yb, ya, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ decoder
+def _decode_all(model, tokens, prompt_len, mask=None, compile=False):
+    cache = model.new_cache(tokens.shape[0], tokens.shape[1])
+    pm = None if mask is None else mask[:, :prompt_len]
+    outs = [model(tokens[:, :prompt_len], cache=cache, attention_mask=pm)]
+    dec = Decoder(model, cache, compile=compile)
+    for t in range(prompt_len, tokens.shape[1]):
+        outs.append(dec(tokens[:, t])[:, None])
+    assert len(cache) == tokens.shape[1]
+    return torch.cat(outs, dim=1), dec
+
+
+@pytest.mark.parametrize("preset", CORE_PRESETS + ["debug", "llama4-irope", "rnope-swa-ssmax", "rnope-swa-temp", "smollm3"])
+@pytest.mark.parametrize("prompt_len", [1, W - 1, W, W + 1, 3 * W + 5])
+@torch.no_grad()
+def test_static_decoder_equals_full_forward(preset, prompt_len):
+    model = tiny_model(preset)
+    tokens = torch.randint(0, TINY["vocab_size"], (2, prompt_len + 2 * W + 3))
+    full = model(tokens)
+    inc, _ = _decode_all(model, tokens, prompt_len)
+    assert (full - inc).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("preset", ["rnope-swa", "rope", "llama4-irope"])
+@torch.no_grad()
+def test_static_decoder_left_padding_equals_unpadded_rows(preset):
+    model = tiny_model(preset)
+    lens = [3 * W + 5, W - 1, W + 1]
+    T = max(lens) + 2 * W
+    rows = [torch.randint(0, TINY["vocab_size"], (n + 2 * W,)) for n in lens]
+    tokens = torch.zeros(3, T, dtype=torch.long)
+    mask = torch.zeros(3, T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, T - len(r) :] = r
+        mask[i, T - len(r) :] = 1
+    inc, _ = _decode_all(model, tokens, max(lens), mask)
+    for i, r in enumerate(rows):
+        assert (inc[i, T - len(r) :] - model(r[None])[0]).abs().max().item() <= 1e-4
+
+
+@torch.no_grad()
+def test_decoder_and_model_decode_leave_the_same_cache():
+    model = tiny_model("rnope-swa")
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 3 * W))
+    caches = [model.new_cache(2, 3 * W) for _ in range(2)]
+    for c in caches:
+        model(tokens[:, :W], cache=c)
+    dec = Decoder(model, caches[0])
+    for t in range(W, 3 * W):
+        a = dec(tokens[:, t])
+        b = model(tokens[:, t : t + 1], cache=caches[1])[:, -1]
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for la, lb in zip(caches[0].layers, caches[1].layers):
+        assert torch.equal(la.time, lb.time)
+        torch.testing.assert_close(la.k, lb.k)
+
+
+@torch.no_grad()
+def test_decoder_errors():
+    model = tiny_model("rnope-swa")
+    cache = model.new_cache(1, 4)
+    with pytest.raises(ValueError, match="prefilled"):
+        Decoder(model, cache)(torch.tensor([1]))
+    model(torch.tensor([[1, 2, 3, 4]]), cache=cache)
+    with pytest.raises(ValueError, match="cache full"):
+        Decoder(model, cache)(torch.tensor([1]))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler")
+@torch.no_grad()
+def test_compiled_decoder_equals_eager_and_full_forward():
+    model = tiny_model("rnope-swa")
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 3 * W + 5 + 2 * W))
+    full = model(tokens)
+    inc, dec = _decode_all(model, tokens, 3 * W + 5, compile=True)
+    assert dec.compiled  # compiled, not silently fallen back
+    assert (full - inc).abs().max().item() <= 1e-4
+    # a second cache of the same shape reuses the graph (no recompile needed for correctness either)
+    inc2, _ = _decode_all(model, tokens, 3 * W + 5, compile=True)
+    assert (full - inc2).abs().max().item() <= 1e-4
+    # generate(compile=True) == generate() (greedy)
+    prompts = [tokens[0, :10].tolist(), tokens[1, :3].tolist()]
+    assert generate(model, prompts, 12, compile=True) == generate(model, prompts, 12)
+
+
+def test_decode_step_is_the_reference_of_the_decoder():
+    """The eager step function is what the Decoder compiles: calling it directly decodes too."""
+    model = tiny_model("rnope-swa")
+    tokens = torch.randint(0, TINY["vocab_size"], (1, W + 3))
+    with torch.no_grad():
+        full = model(tokens)
+        cache = model.new_cache(1, W + 3)
+        model(tokens[:, : W + 2], cache=cache)
+        kv = tuple((layer.k, layer.v, layer.time) for layer in cache.layers)
+        logits = decode_step(model, tokens[:, W + 2 :], torch.tensor([W + 2]), None, kv)
+    torch.testing.assert_close(logits, full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ last logits
+@pytest.mark.parametrize("keep", [1, 3])
+def test_logits_to_keep_is_the_tail_of_the_full_logits(keep):
+    model = tiny_model("rnope-swa")
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 2 * W + 1))
+    with torch.no_grad():
+        full = model(tokens)
+        tail = model(tokens, logits_to_keep=keep)
+        cache = model.new_cache(2, 2 * W + 1)
+        cached = model(tokens, cache=cache, logits_to_keep=keep)
+    assert tail.shape == (2, keep, TINY["vocab_size"])
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            model(tokens, logits_to_keep=bad)
+    torch.testing.assert_close(tail, full[:, -keep:])
+    torch.testing.assert_close(cached, full[:, -keep:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["rnope-swa", "smollm3", "qknorm"])
+def test_inference_in_place_block_equals_training_path(preset):
+    """Without autograd the block and the MLP accumulate in place; the logits are the same."""
+    model = tiny_model(preset, window=40)
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 150))
+    train_path = model(tokens)
+    with torch.no_grad():
+        infer_path = model(tokens)
+    with torch.inference_mode():
+        infer_mode = model(tokens)
+    torch.testing.assert_close(infer_path, train_path.detach(), atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(infer_mode, train_path.detach(), atol=2e-5, rtol=1e-5)
+
+
+def test_backward_through_the_model_is_unchanged_by_the_fast_paths():
+    """Training path (fresh attention) gradients equal the reference kernel's."""
+    model = tiny_model("rnope-swa")
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 3 * W + 5))
+    grads = {}
+    for impl in ("auto", "reference"):
+        model.zero_grad(set_to_none=True)
+        model.attn_impl = impl
+        model(tokens).square().mean().backward()
+        grads[impl] = [p.grad.clone() for p in model.parameters()]
+    for a, b in zip(grads["auto"], grads["reference"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------ FlexAttention
+@pytest.mark.skipif(not flex.importable(), reason="FlexAttention needs torch >= 2.5")
+@pytest.mark.parametrize("spec", [LayerSpec(rope=True, span="sliding", window=5), LayerSpec(rope=True, span="sliding", window=64),
+                                  LayerSpec(rope=True, span="chunked", chunk=6), LayerSpec(rope=False, span="full")],
+                         ids=["sliding5", "sliding64", "chunked6", "causal"])
+@pytest.mark.parametrize("T", [1, 37, 130])
+@torch.no_grad()
+def test_flex_masks_equal_reference(spec, T):
+    import warnings
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(2, 4, T, 8, generator=g), torch.randn(2, 2, T, 8, generator=g), torch.randn(2, 2, T, 8, generator=g)
+    times = torch.arange(T)
+    ref = reference_attention(q, k, v, visibility(times, times, spec))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile" (eager reference off the GPU)
+        out = flex.attend(q, k, v, spec, compiled=False)
+        via = attend_fresh(q, k, v, spec, times=times, impl="flex")
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(via, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not flex.importable(), reason="FlexAttention needs torch >= 2.5")
+@torch.no_grad()
+def test_flex_model_path_equals_reference_and_padding_falls_back():
+    import warnings
+
+    model = tiny_model("rnope-swa")
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 3 * W + 5))
+    mask = torch.ones_like(tokens)
+    mask[1, :4] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outs = {}
+        for impl in ("flex", "sdpa", "reference"):
+            model.attn_impl = impl
+            outs[impl] = (model(tokens), model(tokens, attention_mask=mask))
+    for impl in ("flex", "sdpa"):
+        torch.testing.assert_close(outs[impl][0], outs["reference"][0], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(outs[impl][1][:, 4:], outs["reference"][1][:, 4:], atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------ GPU check script
+def test_gpu_check_skips_cleanly_without_cuda_and_dry_run_passes(tmp_path):
+    script = ROOT / "benchmarks" / "gpu_check.py"
+    if not torch.cuda.is_available():
+        r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout.strip().splitlines()[-1]) == {"skipped": "no CUDA device", "torch": torch.__version__}
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(script), "--dry-run", "--steps", "2", "--json", str(out)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["ok"] and summary == json.loads(out.read_text())
+    kern = summary["kernels"]
+    for key in ("flex/sliding/float32", "flex/chunked/float32", "flex/causal/float32", "sdpa_blockwise/sliding/float32"):
+        assert kern[key]["ok"] and kern[key]["fwd_maxerr"] < 1e-4, key
+    assert summary["model"]["decode_eager"]["maxerr"] < 1e-4
+    for v in summary["train"]["variants"].values():
+        assert v["loss_finite"] and v["tok_per_s"] > 0 and 0 < v["mfu_vs_measured_mm"] < 1
+
+
+# ------------------------------------------------------------------------------------ benchmark accounting
+def test_bench_flops_per_token_counts_visible_keys():
+    bench = _bench_module()
+    cfg = ModelConfig.from_preset("rnope-swa", vocab_size=10, n_layer=4, d_model=8, n_head=2, n_kv_head=1, d_ff=16, window=2)
+    fpt, n = bench.train_flops_per_token(cfg, 4)
+    per_layer = 8 * 8 * 2 + 8 * 4 * 2 + 3 * 8 * 16  # q, o; k, v; gate, up, down
+    assert n == 4 * per_layer + 10 * 8
+    sliding_keys = (1 + 2 + 2 + 2) / 4  # min(t+1, W) for t = 0..3
+    full_keys = (4 + 1) / 2
+    assert fpt == pytest.approx(6 * n + 12 * 8 * (3 * sliding_keys + full_keys))
+
+
+def test_bench_kv_part_and_targets_table(tmp_path):
+    bench = _bench_module()
+    res = bench.run(out=str(tmp_path / "b.json"), parts=("kv",), hf=False, compile=False, lengths=[128, 512, 2048])
+    kv = res["kv_cache"]["rnope-swa"]
+    for L, row in kv.items():
+        assert row["theory"] == pytest.approx(0.25 + 0.75 * 128 / int(L))
+        assert abs(row["rel_error"]) < 1e-9  # the cache holds exactly n_global·L + n_sliding·W positions
+    assert all(r["fraction"] == 1.0 for r in res["kv_cache"]["rope"].values())
+    (row,) = [t for t in res["targets"] if t["target"].startswith("KV bytes")]
+    assert row["met"]
+    assert json.loads((tmp_path / "b.json").read_text())["kv_cache"]["rnope-swa"]["512"]["bytes"] == kv["512"]["bytes"]
+    assert "KV cache" in bench.markdown(res)
+
+
+def test_bench_cli_rejects_bad_arguments(tmp_path, capsys):
+    from rnope.cli import main
+
+    assert main(["bench", "--out", str(tmp_path / "x.json"), "--only", "nonsense"]) == 2
+    assert "unknown part" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path / "missing" / "x.json")]) == 2
+    assert main(["bench", "--out", str(tmp_path / "x.json"), "--threads", "0"]) == 2
