@@ -530,6 +530,11 @@ def run(quick: bool = False, *, out: str | None = None, parts: tuple[str, ...] =
     res: dict = {"machine": machine_info(), "quick": quick, "shape": SHAPE, "presets": list(PRESETS), "hf_classes": HF_CLASS,
                  "rounds": rounds, "optimizer": f"AdamW(wd 0.1 on matrices, fused={fused_adamw})"}
     peaks = [matmul_peak()]
+
+    def checkpoint():  # a partial result survives a crash or a kill later in the run
+        if out:
+            Path(out).write_text(json.dumps({**res, "partial": True}, indent=2, default=float))
+
     if "train" in parts:
         res["train"] = {}
         for p in PRESETS:
@@ -543,12 +548,14 @@ def run(quick: bool = False, *, out: str | None = None, parts: tuple[str, ...] =
     res["peak_flops_samples"] = peaks
     if "train" in res:
         finish_mfu(res["train"], res["peak_flops"])
+        checkpoint()
     if "inference" in parts:
         res["inference"] = {}
         for p in PRESETS:
             log(f"inference {p}")
             res["inference"][p] = bench_inference(p, lengths, new_tokens, max(2, rounds - 1 if quick else rounds - 2), hf=hf,
                                                   compile=compile)
+            checkpoint()
     if "kv" in parts:
         res["kv_cache"] = bench_kv(lengths + ([16384] if 16384 not in lengths else []), hf)
     if "sliding" in parts:
