@@ -68,6 +68,12 @@ class Context:
     # static decode (rnope.fast): per layer (k, v, time) buffers of fixed size, written at ``times``
     # (a tensor) and attended whole — no Python ints in the path, so ``torch.compile`` sees one shape
     kv: tuple | None = None
+    # decode weight layouts (rnope.fast.decode_weights): per layer (qkv, o, gate_up, down) matrices
+    # (None: use the module) and the head, each projected as ``linear(x, w)`` — the modules' products
+    dec: tuple | None = None
+    head: torch.Tensor | None = None
+    linear: Callable | None = None
+    attend: Callable | None = None  # decode attention ``attend(q, keys, values, allowed)`` (rnope.fast)
     _angles: dict = field(default_factory=dict)
     _masks: dict = field(default_factory=dict)
 
@@ -130,9 +136,15 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        dec = None if ctx.dec is None else ctx.dec[self.layer_idx]
+        if dec is not None and dec[0] is not None:  # decode layout (rnope.fast): one product for q, k, v
+            nq, nk = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+            q, k, v = ctx.linear(x, dec[0]).split((nq, nk, nk), dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(B, T, self.n_head, self.head_dim)
+        k = k.view(B, T, self.n_kv_head, self.head_dim)
+        v = v.view(B, T, self.n_kv_head, self.head_dim)
         if self.spec.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
@@ -169,11 +181,14 @@ class Attention(nn.Module):
             allowed = ctx.mask(self.spec, k_time)
             if ctx.impl == "reference":
                 y = reference_attention(q, keys, vals, allowed)[0]
+            elif ctx.attend is not None:
+                y = ctx.attend(q, keys, vals, allowed)
             elif T <= sdpa.DECODE_MAX_Q:  # a few queries: grouped matmuls beat the flash kernel
                 y = sdpa.decode(q, keys, vals, allowed)
             else:
                 y = sdpa.masked(q, keys, vals, allowed)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        return self.o_proj(y) if dec is None or dec[1] is None else ctx.linear(y, dec[1])
 
 
 class MLP(nn.Module):
@@ -183,7 +198,13 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, dec: tuple | None = None, linear: Callable | None = None) -> torch.Tensor:
+        """``dec``: optional decode layout ``(gate_up, down | None)`` from :mod:`rnope.fast`, projected
+        with ``linear(x, w)`` (None: the module): one product for gate and up (the same sums)."""
+        if dec is not None:
+            g, u = linear(x, dec[0]).split(self.gate_proj.out_features, dim=-1)
+            h = F.silu(g).mul_(u)
+            return self.down_proj(h) if dec[1] is None else linear(h, dec[1])
         if torch.is_grad_enabled():
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
         g = F.silu(self.gate_proj(x), inplace=True)  # inference: no (B, T, d_ff) temporaries
@@ -204,14 +225,15 @@ class Block(nn.Module):
             self.post_attention_layernorm = make_norm(config, config.d_model)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+        dec = None if ctx.dec is None else ctx.dec[self.self_attn.layer_idx][2:]
         h = self.input_layernorm(x)
         if self.sequential:
             x = x + self.self_attn(h, ctx)
-            return x + self.mlp(self.post_attention_layernorm(x))
+            return x + self.mlp(self.post_attention_layernorm(x), dec, ctx.linear)
         y = self.self_attn(h, ctx)
         if torch.is_grad_enabled() or y.dtype != x.dtype:
-            return x + y + self.mlp(h)
-        return y.add_(x).add_(self.mlp(h))  # inference: the same sums in place, no temporaries
+            return x + y + self.mlp(h, dec, ctx.linear)
+        return y.add_(x).add_(self.mlp(h, dec, ctx.linear))  # inference: the same sums in place, no temporaries
 
 
 class Transformer(nn.Module):
@@ -296,8 +318,11 @@ class Transformer(nn.Module):
             x = block(x, ctx)
         return x
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Final norm and the (tied) LM head: hidden (B, T, d_model) -> logits (B, T, vocab)."""
+    def logits(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
+        """Final norm and the (tied) LM head: hidden (B, T, d_model) -> logits (B, T, vocab).
+        ``ctx``: a decode context whose ``head`` layout (:mod:`rnope.fast`) replaces the head."""
+        if ctx is not None and ctx.head is not None:
+            return ctx.linear(self.norm(x), ctx.head) * self.config.logit_scale
         head = self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
         return F.linear(self.norm(x), head) * self.config.logit_scale
 

@@ -14,7 +14,7 @@ import torch
 from rnope import ModelConfig, Transformer, generate
 from rnope.cache import write_static
 from rnope.config import LayerSpec
-from rnope.fast import Decoder, compile_available, decode_step
+from rnope.fast import Decoder, compile_available, decode_step, decode_weights, matvec_attention, matvec_linear
 from rnope.kernels import attend_fresh, flex, reference_attention, sdpa, visibility
 
 from .conftest import CORE_PRESETS, TINY, tiny_model
@@ -201,6 +201,109 @@ def test_decode_step_is_the_reference_of_the_decoder():
         kv = tuple((layer.k, layer.v, layer.time) for layer in cache.layers)
         logits = decode_step(model, tokens[:, W + 2 :], torch.tensor([W + 2]), None, kv)
     torch.testing.assert_close(logits, full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ decode layouts
+def _assert_fp32_close(got, ref, tol=1e-5):
+    """Within ``tol`` of the largest |ref| (at least 1): the same sums in another order. The tiny
+    test models' inflated weights give logits ~10 and hidden states ~40, where one fp32 ulp is
+    1e-6..4e-6 and a different summation order moves a logit by a few of them."""
+    scale = max(1.0, ref.abs().max().item())
+    err = (got - ref).abs().max().item()
+    assert err <= tol * scale, f"max |diff| {err:.3g} > {tol:g} x {scale:.3g}"
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 32), (2, 1, 48), (3, 5, 16)])
+def test_matvec_linear_equals_linear(shape):
+    x = torch.randn(*shape)
+    w = torch.randn(24, shape[-1])
+    torch.testing.assert_close(matvec_linear(x, w), torch.nn.functional.linear(x, w), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("Tq", [1, 3])
+@pytest.mark.parametrize("H,Hkv", [(4, 2), (4, 4), (4, 1)])
+@pytest.mark.parametrize("padded", [False, True])
+def test_matvec_attention_equals_decode_kernel(Tq, H, Hkv, padded):
+    B, S, D = 2, 13, 8
+    q, k, v = torch.randn(B, H, Tq, D), torch.randn(B, Hkv, S, D), torch.randn(B, Hkv, S, D)
+    spec = LayerSpec(span="sliding", rope=True, window=6)
+    k_time = torch.arange(S) - 2  # two empty slots (time -1 and -2 < 0)
+    start = torch.tensor([0, 9]) if padded else None
+    allowed = visibility(torch.arange(S - 2 - Tq, S - 2), k_time, spec, start)
+    torch.testing.assert_close(matvec_attention(q, k, v, allowed), sdpa.decode(q, k, v, allowed), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", CORE_PRESETS + ["llama4-irope", "rnope-swa-ssmax", "smollm3"])
+@pytest.mark.parametrize("matvec", [False, True])
+@torch.no_grad()
+def test_decode_weight_layouts_equal_the_modules(preset, matvec):
+    """decode_step with the fused q/k/v and gate/up layouts (eager ``x @ wᵀ`` copies, or the matvec
+    reductions of the compiled B=1 path, run eagerly here) == decode_step with the modules."""
+    model = tiny_model(preset)
+    B = 1 if matvec else 2
+    tokens = torch.randint(0, TINY["vocab_size"], (B, 2 * W + 3))
+    wts = decode_weights(model, matvec)
+    assert wts is not None
+    caches = [model.new_cache(B, tokens.shape[1]) for _ in range(2)]
+    for c in caches:
+        model(tokens[:, : W + 1], cache=c)
+    kvs = [tuple((lc.k, lc.v, lc.time) for lc in c.layers) for c in caches]
+    for t in range(W + 1, tokens.shape[1]):
+        time = torch.tensor([t])
+        ref = decode_step(model, tokens[:, t : t + 1], time, None, kvs[0])
+        got = decode_step(model, tokens[:, t : t + 1], time, None, kvs[1], wts, matvec)
+        _assert_fp32_close(got, ref)
+    for la, lb in zip(caches[0].layers, caches[1].layers):
+        _assert_fp32_close(lb.k, la.k)
+        _assert_fp32_close(lb.v, la.v)
+
+
+@pytest.mark.parametrize("preset", ["rnope-swa", "rope"])
+@torch.no_grad()
+def test_decode_weight_layouts_at_the_default_init_within_1e_5(preset):
+    """At the library's own init (the bench model's scale) the matvec layouts agree to 1e-5 absolute."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_preset(preset, **{**TINY, "d_model": 64, "d_ff": 192})).eval()
+    tokens = torch.randint(0, TINY["vocab_size"], (1, 3 * W))
+    wts = decode_weights(model, True)
+    caches = [model.new_cache(1, tokens.shape[1]) for _ in range(2)]
+    for c in caches:
+        model(tokens[:, :W], cache=c)
+    kvs = [tuple((lc.k, lc.v, lc.time) for lc in c.layers) for c in caches]
+    for t in range(W, tokens.shape[1]):
+        time = torch.tensor([t])
+        ref = decode_step(model, tokens[:, t : t + 1], time, None, kvs[0])
+        got = decode_step(model, tokens[:, t : t + 1], time, None, kvs[1], wts, True)
+        assert (got - ref).abs().max().item() <= 1e-5
+
+
+def test_decode_weights_are_skipped_over_the_size_cap(monkeypatch):
+    import rnope.fast as fast
+
+    model = tiny_model("rnope-swa")
+    monkeypatch.setattr(fast, "DECODE_WEIGHTS_MAX_BYTES", 1)
+    assert decode_weights(model) is None and decode_weights(model, True) is None
+    tokens = torch.randint(0, TINY["vocab_size"], (1, W + 4))
+    full = model(tokens)
+    inc, _ = _decode_all(model, tokens, W)
+    assert (full - inc).abs().max().item() <= 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler")
+@pytest.mark.parametrize("preset", ["rnope-swa", "smollm3"])
+@torch.no_grad()
+def test_compiled_matvec_decoder_equals_eager_decoder(preset):
+    """The compiled B=1 CPU step (matvec projections and attention, C++ wrapper): logits within
+    1e-5 of the eager Decoder at every step, and the same greedy tokens from generate."""
+    model = tiny_model(preset)
+    tokens = torch.randint(0, TINY["vocab_size"], (1, 3 * W + 5 + 2 * W))
+    eager, _ = _decode_all(model, tokens, 3 * W + 5)
+    comp, dec = _decode_all(model, tokens, 3 * W + 5, compile=True)
+    assert dec.compiled and dec.matvec  # compiled, not silently fallen back, on the matvec path
+    _assert_fp32_close(comp, eager)
+    prompt = [tokens[0, :11].tolist()]
+    assert generate(model, prompt, 2 * W, compile=True) == generate(model, prompt, 2 * W)
 
 
 # ------------------------------------------------------------------------------------ last logits
