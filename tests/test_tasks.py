@@ -409,3 +409,47 @@ def test_copy_document_repeats_its_first_half_in_tokens():
     assert copy_document(3, 200, encode=tok.encode) == doc != copy_document(4, 200, encode=tok.encode)
     for d in synthetic_documents(0, 5, encode=tok.encode, lengths=[200], kinds=["copy"]):
         assert d == d[: len(d) // 2] + " " + d[: len(d) // 2]
+
+
+def test_recall_document_is_a_short_train_split_question_with_its_answer():
+    import re
+
+    from rnope.tasks.common import owned_by
+    from rnope.tasks.haystack import TRAIN_NOUNS
+    from rnope.tasks.train_mix import RECALL_KINDS, recall_document
+    from rnope.tokenizer import Tokenizer
+
+    tok = Tokenizer.byte_level()
+    keys = set()
+    for seed in range(40):
+        doc = recall_document(seed, "recall_near")
+        body, last = doc.split("\n")
+        value = re.search(r"(\d{5})\.", body).group(1)
+        key = re.search(r"(?:The|My|Our) (\w+ \w+) (?:is|reads)", body).group(1)
+        keys.add(key)
+        assert owned_by(value) == "train" and key.split()[0] in TRAIN_NOUNS
+        assert last.endswith(f" {value}.") and f" {key}" in last[: -len(value) - 2]  # question about that key + answer
+        assert body.count(value) == 2 and "pass key" not in doc and "Remember it" not in doc
+        assert body.count(". ") - 2 <= RECALL_KINDS["recall_near"]  # needle's 2 sentences + at most 2 filler
+    assert len(keys) >= 30  # many key phrases, not a few memorisable ones
+    assert recall_document(5, "recall") == recall_document(5, "recall") != recall_document(6, "recall")
+    far = [len(tok.encode(recall_document(s, "recall"))) for s in range(30)]
+    assert max(far) > 2 * max(len(tok.encode(recall_document(s, "recall_near"))) for s in range(30))
+    capped = [len(tok.encode(recall_document(s, "recall", max_tokens=160, encode=tok.encode))) for s in range(30)]
+    assert max(capped) <= 160
+    with pytest.raises(ValueError, match="length 20 is too short for task 'recall'"):
+        recall_document(0, "recall", max_tokens=20, encode=tok.encode)
+    with pytest.raises(ValueError, match="unknown recall kind 'far'"):
+        recall_document(0, "far")
+
+
+def test_training_rows_pack_many_recall_documents():
+    from rnope.tokenizer import Tokenizer
+    from rnope.train.mix import synthetic_row
+
+    tok = Tokenizer.byte_level()
+    row, used = synthetic_row(tok, seed=0, kinds=["recall_near"], essay=["x"], L=1024, s=0)
+    text = tok.decode(row[:used].tolist())
+    assert used > 1024 - 64 and text.count("\nWhat is") >= 5  # dense: many questions per sequence
+    with pytest.raises(ValueError, match="unknown task 'recal'; known: .*copy, recall_near, recall"):
+        synthetic_row(tok, seed=0, kinds=["recal", "copy"], essay=["x"], L=256, s=0)

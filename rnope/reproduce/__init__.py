@@ -37,14 +37,15 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
 
     _, _, meta = prepare_dataset("builtin", tok, study.out / "cache")
     runs = [json.loads((study.out / "runs" / _safe(n) / "DONE").read_text()) for _, _, n in study.run_names()]
-    steps = profile.warm_steps + profile.pretrain_steps + profile.long_steps
+    short_steps = profile.near_steps + profile.far_steps + profile.pretrain_steps
     setup = {
         "seeds": seeds,
         "minutes": (time.time() - study.started) / 60,  # since the study first started (resumes included)
         "train_seconds": sum(r.get("seconds", 0) for r in runs),
         "machine": ", ".join(f"{k} {v}" for k, v in machine().items() if v is not None),
         "corpus_hash": meta.get("corpus_hash"),
-        "tokens_per_model": steps * profile.batch_size * profile.seq_len,
+        # every step of the long stage holds long_factor x the tokens (B long rows, or 4B short ones)
+        "tokens_per_model": (short_steps + profile.long_steps * profile.long_factor) * profile.batch_size * profile.seq_len,
         "threads": torch.get_num_threads(),
     }
     results = build_results(profile, evals, setup)

@@ -3,12 +3,15 @@
 Every model of a study gets the same data, tokenizer, size, token budget and stages (the
 paper's controlled comparison, arXiv 2501.18795 §2):
 
-1. ``warm`` — an induction warm-up on dense copy documents (random words repeated). Tiny models
-   trained on text + sparse passkey documents learn no retrieval at all; a copy warm-up forms
-   the copying circuit retrieval is built from (the reproduce issue's notes). Every variant gets
-   it, so each has the same chance.
-2. ``pretrain`` — the built-in corpus mixed with synthetic retrieval documents (train templates).
-3. ``long`` — the paper's long-context stage: 4x longer sequences mixed 1:3 with short ones; the
+1. ``near`` — a retrieval curriculum, first step: dense short question/answer documents
+   (:func:`rnope.tasks.recall_document`, ``recall_near``: the value stated 0–2 filler sentences
+   before its question, many documents per sequence). Tiny models trained on text + sparse
+   long passkey documents learn no retrieval at all; at short distances they learn to copy the
+   value within a few hundred steps (the reproduce issue's notes, measured while building this).
+2. ``far`` — the same documents with up to 40 filler sentences: the copy now has to reach
+   across the window, i.e. through the global layers.
+3. ``pretrain`` — the built-in corpus mixed with recall and train-template passkey documents.
+4. ``long`` — the paper's long-context stage: 4x longer sequences mixed 1:3 with short ones; the
    RoPE baselines raise theta as the paper did (10k -> 2M); a RoPE-extension row applies its
    method here instead.
 """
@@ -47,7 +50,8 @@ class Profile:
     seq_len: int
     batch_size: int
     lr: float
-    warm_steps: int
+    near_steps: int  # recall_near curriculum stage
+    far_steps: int  # recall (long-distance) curriculum stage
     pretrain_steps: int
     long_steps: int
     long_factor: int  # long stage length = long_factor · seq_len
@@ -75,6 +79,9 @@ class Profile:
         return dataclasses.asdict(self)
 
 
+#: synthetic kinds of the pre-training and long stages (the curriculum stages set their own)
+PRETRAIN_KINDS = ("recall", "passkey")
+
 ROPE_LONG = {"rope_theta": 2_000_000.0}  # the paper's RoPE baselines: theta 10k -> 2M for the long stage
 
 PAPER_MODELS = (
@@ -95,10 +102,11 @@ RELATIVES = (
 )
 
 PROFILES: dict[str, Profile] = {
-    # ≈ 15 minutes on a 2-core CPU: one seed, tiny models, 1x-8x the training length
+    # one seed, tiny models, 1x-8x the training length; the shortest recipe measured to teach
+    # retrieval (≈ 10 CPU-minutes per model, 2 models at a time on a 2-core CPU)
     "quick": Profile(
-        name="quick", d_model=96, n_layer=4, n_head=4, n_kv_head=2, d_ff=256, window=64, vocab_size=1024,
-        seq_len=256, batch_size=12, lr=3e-3, warm_steps=60, pretrain_steps=180, long_steps=40, long_factor=4,
+        name="quick", d_model=128, n_layer=4, n_head=4, n_kv_head=2, d_ff=384, window=64, vocab_size=1024,
+        seq_len=256, batch_size=16, lr=2e-3, near_steps=400, far_steps=500, pretrain_steps=400, long_steps=40, long_factor=4,
         synthetic_ratio=0.5, long_synthetic_ratio=0.5,
         niah_factors=(1, 2, 4, 8), niah_depths=(0.0, 50.0, 100.0), niah_samples=2,
         ruler_tasks=("niah_single_1", "niah_multikey_2", "vt"), ruler_factors=(2, 4), ruler_samples=2,
@@ -108,7 +116,7 @@ PROFILES: dict[str, Profile] = {
     # ≈ 3 hours on a 2-core CPU (scaled up on a GPU): three seeds, 1x-16x, the relatives' rows
     "full": Profile(
         name="full", d_model=192, n_layer=8, n_head=6, n_kv_head=2, d_ff=512, window=128, vocab_size=2048,
-        seq_len=512, batch_size=16, lr=2e-3, warm_steps=200, pretrain_steps=900, long_steps=200, long_factor=4,
+        seq_len=512, batch_size=16, lr=2e-3, near_steps=400, far_steps=600, pretrain_steps=900, long_steps=200, long_factor=4,
         synthetic_ratio=0.5, long_synthetic_ratio=0.5,
         niah_factors=(1, 2, 4, 8, 16), niah_depths=(0.0, 25.0, 50.0, 75.0, 100.0), niah_samples=4,
         ruler_tasks=("niah_single_1", "niah_single_2", "niah_multikey_1", "niah_multikey_2", "niah_multivalue",
@@ -122,7 +130,7 @@ PROFILES: dict[str, Profile] = {
 # A minutes-free profile for the test suite: the whole pipeline on two tiny models.
 PROFILES["smoke"] = Profile(
     name="smoke", d_model=32, n_layer=4, n_head=2, n_kv_head=1, d_ff=64, window=32, vocab_size=512,
-    seq_len=256, batch_size=2, lr=3e-3, warm_steps=2, pretrain_steps=2, long_steps=2, long_factor=2,
+    seq_len=256, batch_size=2, lr=3e-3, near_steps=1, far_steps=1, pretrain_steps=2, long_steps=2, long_factor=2,
     synthetic_ratio=0.5, long_synthetic_ratio=0.5,
     niah_factors=(1, 2), niah_depths=(50.0,), niah_samples=1,
     ruler_tasks=("niah_single_1",), ruler_factors=(2,), ruler_samples=1,
@@ -132,7 +140,7 @@ PROFILES["smoke"] = Profile(
 
 # On a GPU the full profile scales its model and budget up (same shape of study).
 GPU_FULL = dict(d_model=512, n_layer=8, n_head=8, n_kv_head=2, d_ff=1536, window=256, vocab_size=4096, seq_len=1024,
-                batch_size=32, warm_steps=300, pretrain_steps=4000, long_steps=800)
+                batch_size=32, near_steps=600, far_steps=900, pretrain_steps=4000, long_steps=800)
 
 
 def get_profile(name: str, *, gpu: bool = False) -> Profile:

@@ -33,10 +33,18 @@ TRIED = [
     "- BPE-1024 tokenizer + a copy warm-up (so the induction circuit exists) + stdlib prose + train-template passkey / NIAH "
     "documents: after 500 steps the model answers the training template with a 5-digit number, but the wrong one "
     "(format learned, retrieval not).",
-    "- Hence the recipe here: copy warm-up for every model, a 1:1 synthetic ratio, the same budget for all. The next levers, "
-    "in order: more steps (retrieval needs far more than ~1M tokens at this size), more global layers (8 layers = 2 NoPE "
-    "layers), single-token keys/values (word-level tokenizer), and an answer-only loss weight on retrieval documents — "
-    "all training-side; the evaluation stays fixed.", "",
+    "- A copy warm-up then formed the induction circuit (word-copy accuracy 0.95 after 300 steps for rope; rnope-swa, "
+    "whose only long-range layer is its one NoPE layer, only 0.63), yet neither model then copied passkey digits "
+    "(teacher-forced, every digit predicted as the same frequent digit).",
+    "- What worked: a distance curriculum on dense question/answer documents (`recall_near`, then `recall`, many per "
+    "sequence). At 0–2 filler sentences rnope-swa copies the 5-digit value after ~250 steps; trained at up to 20 sentences "
+    "from scratch it stays at chance for 400 steps, but continued from the short-distance model it climbs (answer-token "
+    "accuracy 0.37 → 0.72 in 400 steps). Through `rnope train` (d_model 128, 4 layers, batch 16 × 256): after 400 near + "
+    "500 far + 400 mixed steps, rnope-swa retrieves train-template passkeys at 256 tokens 16/16 (at step 1000 it was 1/16: "
+    "a late phase change; rope was at 10/16 already at step 900 — the hybrid learns it later, as the issue anticipated).",
+    "- With only three train key phrases the models memorised them and answered the eval template ('the pass key') "
+    "with a train phrase; recall documents therefore draw their key from ~400 phrases (train nouns × kind words), "
+    "none in an eval template.", "",
 ]
 
 
@@ -102,8 +110,10 @@ def render(results: dict, profile) -> str:
         f"- Models: {', '.join(f'`{n}`' for n in ms)} — {any_m['parameters']:,} parameters each "
         f"({profile.n_layer} layers, d_model {profile.d_model}, {profile.n_head} heads / {profile.n_kv_head} KV heads, "
         f"window {profile.window}, BPE vocabulary {profile.vocab_size}).",
-        f"- Recipe (identical for every model): copy warm-up {profile.warm_steps} steps, pre-training {profile.pretrain_steps} steps "
-        f"at {L} tokens (synthetic retrieval ratio {profile.synthetic_ratio}), long-context stage {profile.long_steps} steps at "
+        f"- Recipe (identical for every model): a retrieval curriculum — {profile.near_steps} steps of dense short recall documents "
+        f"(value 0–2 sentences before its question), {profile.far_steps} steps with up to 40 filler sentences — then pre-training "
+        f"{profile.pretrain_steps} steps at {L} tokens (built-in prose mixed with recall + train-template passkey documents, "
+        f"synthetic ratio {profile.synthetic_ratio}), long-context stage {profile.long_steps} steps at "
         f"{profile.long_factor * L} tokens mixed 1:3 with {L}-token sequences; batch {profile.batch_size}; RoPE baselines raise theta "
         "10k → 2M for the long stage as the paper did.",
         f"- Tokens per model: {setup.get('tokens_per_model', '–'):,}" if isinstance(setup.get("tokens_per_model"), int) else "- Tokens per model: –",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import yaml
 
-from .profiles import ModelSpec, Profile
+from .profiles import ModelSpec, Profile, PRETRAIN_KINDS
 
 STUDY_FILE = "study.json"
 
@@ -81,7 +81,8 @@ class Study:
             long_model.setdefault("rope_original_len", p.seq_len)
         L = p.seq_len * p.long_factor
         stages = [
-            {"name": "warm", "steps": p.warm_steps, "seq_len": p.seq_len, "synthetic_ratio": 1.0, "synthetic_kinds": ["copy"]},
+            {"name": "near", "steps": p.near_steps, "seq_len": p.seq_len, "synthetic_ratio": 1.0, "synthetic_kinds": ["recall_near"]},
+            {"name": "far", "steps": p.far_steps, "seq_len": p.seq_len, "synthetic_ratio": 1.0, "synthetic_kinds": ["recall"]},
             {"name": "pretrain", "steps": p.pretrain_steps, "seq_len": p.seq_len},
             {"name": "long", "steps": p.long_steps, "seq_len": L, "short_seq_len": p.seq_len, "long_ratio": 0.25,
              "synthetic_ratio": p.long_synthetic_ratio, "lr": p.lr / 3, "warmup": max(1, p.long_steps // 10),
@@ -91,7 +92,7 @@ class Study:
             "preset": spec.preset, "model": model, "data": "builtin", "tokenizer": str(self.out / "tokenizer.json"),
             "cache_dir": str(self.out / "cache"), "seed": seed, "batch_size": p.batch_size, "lr": p.lr,
             "min_lr": p.lr / 10, "synthetic_ratio": p.synthetic_ratio,
-            "synthetic_kinds": ["passkey", "niah_single", "niah_multikey", "copy"],
+            "synthetic_kinds": list(PRETRAIN_KINDS),
             "eval_every": 0, "save_every": 100, "keep": 1, "stages": stages,
         }
 

@@ -13,8 +13,9 @@ import random
 from collections.abc import Iterator, Sequence
 
 from .common import Encode, Item, item_rng
+from .niah import PasskeyTemplate
 
-__all__ = ["FAMILIES", "answer_text", "copy_document", "synthetic_documents", "synthetic_items"]
+__all__ = ["FAMILIES", "RECALL_KINDS", "answer_text", "copy_document", "recall_document", "synthetic_documents", "synthetic_items"]
 
 #: Family names accepted in ``kinds`` besides concrete task names; essay variants need ``essay``.
 FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -36,7 +37,7 @@ def _resolve(kind: str, rng: random.Random, has_essay: bool) -> str:
         plain, prose = FAMILIES[kind]
         return rng.choice(plain + (prose if has_essay else ()))
     if kind not in TASKS:
-        known = ", ".join(list(FAMILIES) + list(TASKS))
+        known = ", ".join(list(FAMILIES) + list(TASKS) + ["copy"] + list(RECALL_KINDS))
         raise ValueError(f"unknown task {kind!r}; known: {known}")
     if kind in ESSAY_TASKS and not has_essay:
         raise ValueError(f"task {kind!r} needs an essay haystack: pass essay=[prose strings]")
@@ -107,6 +108,61 @@ def copy_document(seed: int, length: int, *, encode: Encode, essay: Sequence[str
     return text[1:] + text
 
 
+#: Dense recall kinds -> the most filler sentences between needle and question.
+RECALL_KINDS: dict[str, int] = {"recall_near": 2, "recall": 40}
+_RECALL_WORDS = ("code", "number", "pin", "token", "tag", "ticket", "serial", "combination", "label", "id")
+_RECALL_FORMS = (  # (needle, question + answer prefix); phrasing disjoint from EVAL_PASSKEY
+    ("The {key} is {value}. Keep it in mind. {value} is the {key}.", "What is the {key}? The {key} is"),
+    ("My {key} is {value}. Note it down. {value} is my {key}.", "What is my {key}? My {key} is"),
+    ("Our {key} is {value}. Do not forget it. {value} is our {key}.", "What is our {key}? Our {key} is"),
+    ("The {key} reads {value}. Write it down. {value} is what the {key} reads.", "What does the {key} read? The {key} reads"),
+)
+
+
+def recall_document(seed: int, kind: str = "recall", *, max_tokens: int | None = None, encode: Encode | None = None) -> str:
+    """A short passkey-style question/answer document: needle, a few filler sentences, question, answer.
+
+    ``"The secret code is 12345. Keep it in mind. 12345 is the secret code. <filler>\nWhat is the
+    secret code? The secret code is 12345."`` with a train template, train filler and a train-owned
+    value; ``0..RECALL_KINDS[kind]`` filler sentences (fewer if ``max_tokens`` would be exceeded).
+    Many of these fit one training sequence, so each sequence carries many retrieval targets at
+    short distances: tiny models learn to copy the value at 0-2 sentences (``recall_near``) within a
+    few hundred steps, and then extend it to longer distances (``recall``), where a long-distance
+    document from the start stays at chance (the reproduce issue's notes). A curriculum of
+    ``recall_near`` then ``recall`` then ``passkey`` builds retrieval that sparse long documents
+    alone do not.
+    """
+    from .common import sample_number
+    from .haystack import TRAIN_NOUNS, noise_haystack
+
+    if kind not in RECALL_KINDS:
+        raise ValueError(f"unknown recall kind {kind!r}; known: {', '.join(RECALL_KINDS)}")
+    rng = item_rng("train", kind, seed, 0, None, 0)
+    # many key phrases (train nouns x kind words), so the model learns "the number stated for the
+    # phrase in the question" rather than a few memorised phrases; none is in an eval template
+    key = f"{rng.choice(TRAIN_NOUNS)} {rng.choice(_RECALL_WORDS)}"
+    needle, query = (part.format(key=key, value="{value}") for part in rng.choice(_RECALL_FORMS))
+    tpl = PasskeyTemplate("", needle, query)
+    value = sample_number(rng, 5, "train")
+    hay = noise_haystack("train", rng)
+    n = rng.randint(0, RECALL_KINDS[kind])
+    offset = rng.randrange(64)
+
+    def build(k: int) -> str:
+        fill = hay.sep.join(hay.units(offset + k)[offset:])
+        body = tpl.needle.format(value=value) + (" " + fill if fill else "")
+        return f"{body}\n{tpl.query} {value}."
+
+    doc = build(n)
+    if max_tokens is not None and encode is not None:
+        while n > 0 and len(encode(doc)) > max_tokens:
+            n //= 2
+            doc = build(n)
+        if len(encode(doc)) > max_tokens:
+            raise ValueError(f"length {max_tokens} is too short for task {kind!r}: the document needs {len(encode(doc))} tokens")
+    return doc
+
+
 def synthetic_documents(
     seed: int,
     n: int,
@@ -122,15 +178,18 @@ def synthetic_documents(
     same probability as each other kind.
     """
     kinds = list(kinds)
-    if "copy" not in kinds:
+    if "copy" not in kinds and not any(k in RECALL_KINDS for k in kinds):
         for item in synthetic_items(seed, n, encode=encode, lengths=lengths, kinds=kinds, essay=essay):
             yield item.prompt + answer_text(item)
         return
-    others = [k for k in kinds if k != "copy"]
+    others = [k for k in kinds if k != "copy" and k not in RECALL_KINDS]
     for i in range(n):
         rng = item_rng("train", "mix-kind", seed, 0, None, i)
-        if not others or rng.random() < kinds.count("copy") / len(kinds):
+        pick = rng.choice(kinds)  # each listed kind equally likely
+        if pick == "copy":
             yield copy_document(rng.getrandbits(32), rng.choice(list(lengths)), encode=encode, essay=essay)
+        elif pick in RECALL_KINDS:
+            yield recall_document(rng.getrandbits(32), pick, max_tokens=max(lengths) - 1, encode=encode)
         else:
             item = next(synthetic_items(rng.getrandbits(32), 1, encode=encode, lengths=lengths, kinds=others, essay=essay))
             yield item.prompt + answer_text(item)
