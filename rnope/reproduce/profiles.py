@@ -113,7 +113,8 @@ PROFILES: dict[str, Profile] = {
         ppl_factors=(1, 2, 4, 8), analysis_factors=(1, 4), analysis_samples=1, seeds=1,
         models=PAPER_MODELS,
     ),
-    # ≈ 3 hours on a 2-core CPU (scaled up on a GPU): three seeds, 1x-16x, the relatives' rows
+    # three seeds, 1x-16x, the relatives' rows (scaled up on a GPU). Several hours on a 2-core CPU: the
+    # curriculum stages lengthened it past the earlier ~3 h estimate, and it has not been timed since
     "full": Profile(
         name="full", d_model=192, n_layer=8, n_head=6, n_kv_head=2, d_ff=512, window=128, vocab_size=2048,
         seq_len=512, batch_size=16, lr=2e-3, near_steps=400, far_steps=600, pretrain_steps=900, long_steps=200, long_factor=4,
