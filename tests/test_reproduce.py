@@ -24,6 +24,7 @@ def test_results_schema_and_report_sections(study):
     for m in res["models"].values():
         assert m["train_seq_len"] == 256
         assert set(m["niah"]) == {"256", "512"} and all(0.0 <= v <= 1.0 for v in m["niah"].values())
+        assert set(m["niah_train_templates"]) == {"256", "512"}  # the training-template diagnostic grid
         assert set(m["ruler"]) == {"512"} and 0.0 < m["val_loss"] < 10.0
         for L, seg in m["segments"].items():
             assert abs(sum(seg["all"].values()) - 1.0) < 1e-3
@@ -35,6 +36,7 @@ def test_results_schema_and_report_sections(study):
     for heading in ("## Setup", "## Table 2 analogue", "## Attention mass by segment", "## Attention entropy",
                     "## Division of labour", "## RULER", "## Perplexity", "## KV cache", "## What reproduced and what did not"):
         assert heading in report
+    assert "| rope | " in report.split("Diagnostic — the same grid built from the *training* templates")[1]
     for fig in ("ppl.png", "segments.png", "niah_rope.png", "niah_rnope-swa.png"):
         assert (study / "figures" / fig).stat().st_size > 1000
 

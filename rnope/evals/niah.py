@@ -39,8 +39,12 @@ def build_items(
     haystack: str = "noise",
     essay: Sequence[str] | None = None,
     gen_tokens: int | None = None,
+    split: str = "eval",
 ) -> list[Any]:
-    """All passkey items of the grid for one model (raises for a length the template cannot fit)."""
+    """All passkey items of the grid for one model (raises for a length the template cannot fit).
+
+    ``split="train"`` builds the same grid from the *training* templates and filler: a diagnostic
+    that tells "cannot retrieve" from "retrieves, but not with an unseen template"."""
     from ..tasks import passkey
 
     items = []
@@ -48,7 +52,7 @@ def build_items(
         for d in depths:
             for i in range(samples):
                 items.append(passkey(item_seed(seed, "niah", i), L, d, encode=predictor.encode, haystack=haystack,
-                                     essay=essay, gen_tokens=gen_tokens))
+                                     essay=essay, gen_tokens=gen_tokens, split=split))
     return items
 
 
@@ -76,6 +80,7 @@ def evaluate(
     essay: Sequence[str] | None = None,
     gen_tokens: int | None = None,
     progress: bool = True,
+    split: str = "eval",
 ) -> dict:
     """Run the grid for every predictor; returns the ``niah.json`` document.
 
@@ -88,7 +93,7 @@ def evaluate(
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if haystack == "essay" and essay is None:
         essay = validation_essay()
-    plans = [(p, build_items(p, lengths, depths, samples, seed, haystack=haystack, essay=essay, gen_tokens=gen_tokens))
+    plans = [(p, build_items(p, lengths, depths, samples, seed, haystack=haystack, essay=essay, gen_tokens=gen_tokens, split=split))
              for p in predictors]
     results = []
     for p, items in plans:

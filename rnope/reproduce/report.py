@@ -69,10 +69,12 @@ def build_results(profile, evals: dict[str, dict], setup: dict) -> dict[str, Any
         m: dict[str, Any] = {"train_seq_len": rs[0]["train_seq_len"], "preset": rs[0]["preset"], "parameters": rs[0]["parameters"],
                              "seeds": len(rs), "spread": {}}
         m["val_loss"], m["spread"]["val_loss"] = _agg([r["val_loss"] for r in rs])
-        for key in ("niah", "ruler", "ppl"):
+        for key in ("niah", "ruler", "ppl", "niah_train_templates"):
+            if key not in rs[0]:  # evaluations cached by an older rnope lack the diagnostic
+                continue
             m[key], m["spread"][key] = {}, {}
             for L in rs[0][key]:
-                m[key][L], m["spread"][key][L] = _agg([r[key].get(L) for r in rs])
+                m[key][L], m["spread"][key][L] = _agg([r.get(key, {}).get(L) for r in rs])
         m["kv_speed"] = rs[0]["kv_speed"]
         m["segments"], m["entropy"], m["labour"] = {}, {}, {}
         for i, a in enumerate(rs[0]["analysis"]):
@@ -132,6 +134,15 @@ def render(results: dict, profile) -> str:
         lines.append(f"| {n} | {_pm(m['val_loss'], m['spread']['val_loss'])} | {_f(PAPER_VAL.get(n), 2)} | " + " | ".join(niah)
                      + f" | {_f(PAPER_NEEDLES_65K.get(n), 2)} |")
     lines += ["", "NIAH = passkey accuracy averaged over depths (EVAL.md template, greedy, exact value).", ""]
+    if any("niah_train_templates" in m for m in ms.values()):
+        lines += ["Diagnostic — the same grid built from the *training* templates and filler (not a paper metric): it tells "
+                  "a model that cannot retrieve from one that retrieves but does not carry the skill to the unseen "
+                  "evaluation template.", "", "| model | " + " | ".join(f"train-template NIAH {f}×" for f in facs) + " |",
+                  "|" + "---|" * (1 + len(facs))]
+        for n, m in ms.items():
+            t = m.get("niah_train_templates", {})
+            lines.append(f"| {n} | " + " | ".join(_f(t.get(str(f * L)), 2) for f in facs) + " |")
+        lines.append("")
     lines += [f"![NIAH {n}](figures/niah_{n}.png)" for n in ("rope", "rnope-swa", "swa") if n in ms] + [""]
     # ---- segments
     lines += ["## Attention mass by segment (End queries; all layers and heads)", "",
@@ -194,6 +205,12 @@ def verdicts(ms: dict, profile) -> list[str]:
 
     far = 8 if 8 in profile.niah_factors and profile.name == "full" else 4
     best1 = max((m["niah"].get(str(L), 0.0) for m in ms.values()), default=0.0)
+    t1 = {n: m.get("niah_train_templates", {}).get(str(L)) for n, m in ms.items()}
+    fluent = sorted(n for n, v in t1.items() if v is not None and v >= 0.9)
+    transfer = [n for n in fluent if ms[n]["niah"].get(str(L), 0.0) < 0.5]
+    if transfer:
+        out.append(f"- ⚠️ {', '.join(transfer)} retrieve(s) with the training templates at 1× (≥ 0.9) but not with the unseen "
+                   "evaluation template (< 0.5 at 1×): at this scale their NIAH misses measure template transfer, not length.")
     if best1 < 0.2:
         out.append(f"- ❌ No model learned passkey retrieval even at the training length (best NIAH at 1×: {best1:.2f}); the "
                    "checks below that expect a model to *fail* (RoPE past its length, SWA past its window) are therefore "

@@ -164,6 +164,12 @@ class Study:
         cells = niah["results"][0]["cells"]
         res["niah"] = {str(n): _mean(c["accuracy"] for c in cells if c["length"] == n) for n in sorted({c["length"] for c in cells})}
         res["niah_cells"] = cells
+        # diagnostic: the same grid with the training templates ("retrieves" vs "transfers to an unseen template")
+        tr = niah_eval.evaluate([pred], lengths=[f * L for f in p.niah_factors], depths=list(p.niah_depths),
+                                samples=p.niah_samples, seed=1000 + seed, progress=False, split="train")
+        tcells = tr["results"][0]["cells"]
+        res["niah_train_templates"] = {str(n): _mean(c["accuracy"] for c in tcells if c["length"] == n)
+                                       for n in sorted({c["length"] for c in tcells})}
         essay = validation_essay()
         ruler = ruler_eval.evaluate([pred], lengths=[f * L for f in p.ruler_factors], tasks=list(p.ruler_tasks),
                                     samples=p.ruler_samples, seed=2000 + seed, essay=essay, progress=False)
