@@ -103,7 +103,7 @@ RELATIVES = (
 
 PROFILES: dict[str, Profile] = {
     # one seed, tiny models, 1x-8x the training length; the shortest recipe measured to teach
-    # retrieval (≈ 10 CPU-minutes per model, 2 models at a time on a 2-core CPU)
+    # retrieval (11-16 CPU-minutes per model, 2 at a time: 54 min for the study on a 2-core CPU)
     "quick": Profile(
         name="quick", d_model=128, n_layer=4, n_head=4, n_kv_head=2, d_ff=384, window=64, vocab_size=1024,
         seq_len=256, batch_size=16, lr=2e-3, near_steps=400, far_steps=500, pretrain_steps=400, long_steps=40, long_factor=4,

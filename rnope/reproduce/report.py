@@ -222,7 +222,14 @@ def verdicts(ms: dict, profile) -> list[str]:
     for f in (4, 8):
         v = niah("rope", f)
         if v is not None:
-            out.append(f"- {'✅' if v < 0.2 else '❌'} rope NIAH at {f}×: {v:.2f} (target < 0.2: RoPE fails past its length).")
+            v1 = niah("rope", 1)
+            if v1 is not None and v1 < 0.5:  # it misses at its own length too: the check says nothing about length
+                tt = ms["rope"].get("niah_train_templates", {})
+                extra = "".join(f"; with the training templates {tt[str(g * L)]:.2f} at {g}×" for g in (f, 8) if str(g * L) in tt)
+                out.append(f"- ⚠️ rope NIAH at {f}×: {v:.2f} (target < 0.2), but vacuous: rope scores {v1:.2f} at 1× with the "
+                           f"evaluation template{extra} (the long stage trains at {profile.long_factor}×).")
+            else:
+                out.append(f"- {'✅' if v < 0.2 else '❌'} rope NIAH at {f}×: {v:.2f} (target < 0.2: RoPE fails past its length).")
             break
     a, b = ms.get("rnope-swa", {}).get("val_loss"), ms.get("rope", {}).get("val_loss")
     if a is not None and b is not None:
