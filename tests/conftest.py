@@ -18,6 +18,18 @@ def tiny_model(preset: str, seed: int = 0, **overrides) -> Transformer:
     return model.eval()
 
 
+def left_padded_rows(lens: list[int], extra: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Rows of ``n + extra`` random tokens, right-aligned into one left-padded batch: ``(rows, tokens, mask)``."""
+    T = max(lens) + extra
+    rows = [torch.randint(0, TINY["vocab_size"], (n + extra,)) for n in lens]
+    tokens = torch.zeros(len(lens), T, dtype=torch.long)
+    mask = torch.zeros(len(lens), T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, T - len(r) :] = r
+        mask[i, T - len(r) :] = 1
+    return rows, tokens, mask
+
+
 @pytest.fixture(autouse=True)
 def _fp32_deterministic():
     torch.manual_seed(0)

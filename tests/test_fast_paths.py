@@ -17,7 +17,7 @@ from rnope.config import LayerSpec
 from rnope.fast import Decoder, compile_available, decode_step, decode_weights, matvec_attention, matvec_linear
 from rnope.kernels import attend_fresh, flex, reference_attention, sdpa, visibility
 
-from .conftest import CORE_PRESETS, TINY, tiny_model
+from .conftest import CORE_PRESETS, TINY, left_padded_rows, tiny_model
 
 W = TINY["window"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,13 +132,8 @@ def test_static_decoder_equals_full_forward(preset, prompt_len):
 def test_static_decoder_left_padding_equals_unpadded_rows(preset):
     model = tiny_model(preset)
     lens = [3 * W + 5, W - 1, W + 1]
-    T = max(lens) + 2 * W
-    rows = [torch.randint(0, TINY["vocab_size"], (n + 2 * W,)) for n in lens]
-    tokens = torch.zeros(3, T, dtype=torch.long)
-    mask = torch.zeros(3, T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, T - len(r) :] = r
-        mask[i, T - len(r) :] = 1
+    rows, tokens, mask = left_padded_rows(lens, 2 * W)
+    T = tokens.shape[1]
     inc, _ = _decode_all(model, tokens, max(lens), mask)
     for i, r in enumerate(rows):
         assert (inc[i, T - len(r) :] - model(r[None])[0]).abs().max().item() <= 1e-4

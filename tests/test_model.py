@@ -5,7 +5,7 @@ import torch
 
 from rnope import ModelConfig, Transformer
 
-from .conftest import CORE_PRESETS, TINY, tiny_model
+from .conftest import CORE_PRESETS, TINY, left_padded_rows, tiny_model
 
 W = TINY["window"]
 
@@ -36,13 +36,8 @@ def test_cached_decode_equals_full_forward(preset, prompt_len):
 def test_left_padded_batch_equals_unpadded_rows(preset):
     model = tiny_model(preset)
     lens = [3 * W + 5, W - 1, W + 1]
-    T = max(lens) + 2 * W
-    rows = [torch.randint(0, TINY["vocab_size"], (n + 2 * W,)) for n in lens]
-    tokens = torch.zeros(3, T, dtype=torch.long)
-    mask = torch.zeros(3, T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        tokens[i, T - len(r) :] = r
-        mask[i, T - len(r) :] = 1
+    rows, tokens, mask = left_padded_rows(lens, 2 * W)
+    T = tokens.shape[1]
     P = max(lens)  # prefill the padded prompts, then decode the rest together
     inc = _incremental(model, tokens, P, mask)
     padded_full = model(tokens, attention_mask=mask)
