@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -41,6 +40,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+
+from .args import item_seed, model_names, parse_depths, parse_lengths, parse_names
 
 __all__ = [
     "ModelPredictor",
@@ -83,97 +84,6 @@ class Predictor(Protocol):
     def complete(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]: ...
 
     def nll(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[tuple[float, bool]]: ...
-
-
-# ----------------------------------------------------------------------------------------- parsing
-_LEN_RE = re.compile(r"^(\d+)([kK]?)$")
-
-
-def parse_lengths(text: str | Sequence[int], what: str = "--lengths") -> list[int]:
-    """``"256,512,1k,16k"`` -> ``[256, 512, 1024, 16384]`` (sorted, distinct, each >= 1)."""
-    if not isinstance(text, str):
-        vals = [int(v) for v in text]
-    else:
-        vals = []
-        for part in text.split(","):
-            part = part.strip()
-            m = _LEN_RE.match(part)
-            if not m:
-                raise ValueError(f"{what}: {part!r} is not a positive integer (e.g. 256, 4096 or 4k)")
-            vals.append(int(m.group(1)) * (1024 if m.group(2) else 1))
-    if not vals:
-        raise ValueError(f"{what} is empty")
-    for v in vals:
-        if v < 1:
-            raise ValueError(f"{what}: {v} must be >= 1")
-    return sorted(set(vals))
-
-
-def parse_depths(text: str | Sequence[float]) -> list[float]:
-    """``"0,10,50,100"`` or ``"0:100:10"`` (inclusive range) -> sorted distinct depths in [0, 100]."""
-    vals: list[float] = []
-    if not isinstance(text, str):
-        vals = [float(v) for v in text]
-    else:
-        for part in text.split(","):
-            part = part.strip()
-            try:
-                if ":" in part:
-                    a, b, step = (float(x) for x in part.split(":"))
-                    if step <= 0:
-                        raise ValueError
-                    n = int(math.floor((b - a) / step + 1e-9)) + 1
-                    vals.extend(round(a + i * step, 6) for i in range(max(n, 0)))
-                else:
-                    vals.append(float(part))
-            except ValueError:
-                raise ValueError(f"--depths: {part!r} is not a number or START:STOP:STEP range") from None
-    if not vals:
-        raise ValueError("--depths is empty")
-    for v in vals:
-        if not (0.0 <= v <= 100.0) or math.isnan(v):
-            raise ValueError(f"--depths: {v:g} is outside 0-100 (depths are percentages)")
-    return sorted(set(vals))
-
-
-def parse_names(text: str | None, n: int) -> list[str] | None:
-    """``--names a,b`` for ``n`` checkpoints (None when not given)."""
-    if text is None:
-        return None
-    names = [s.strip() for s in text.split(",")]
-    if len(names) != n or not all(names):
-        raise ValueError(f"--names needs {n} non-empty comma-separated names (one per --ckpt), got {text!r}")
-    return names
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
-
-
-def model_names(ckpts: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
-    """Names for the checkpoints: ``names`` or each directory's name (``RUN-step_N`` for a
-    checkpoint inside a run's ``checkpoints/``); made file-name safe; must be distinct."""
-    out = []
-    for i, c in enumerate(ckpts):
-        if names is not None:
-            out.append(_safe(names[i]))
-            continue
-        p = Path(c).resolve()
-        n = p.name
-        if p.parent.name == "checkpoints" and p.parent.parent.name:
-            n = f"{p.parent.parent.name}-{n}"
-        out.append(_safe(n))
-    dup = sorted({n for n in out if out.count(n) > 1})
-    if dup:
-        raise ValueError(f"two checkpoints share the name {dup[0]!r}; give distinct names with --names")
-    return out
-
-
-def item_seed(seed: int, *parts: object) -> int:
-    """A stable per-item seed derived from the run seed and the item's coordinates."""
-    from ..tasks import stable_seed
-
-    return stable_seed("rnope-eval", int(seed), *parts) >> 1
 
 
 def validation_essay() -> list[str]:
