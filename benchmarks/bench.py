@@ -620,23 +620,12 @@ def markdown(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rnope.commands.bench import add_arguments  # one argument list for `rnope bench` and this script
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_arguments(ap)
     a = ap.parse_args(argv)
     return run_args(a)
-
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--quick", action="store_true", help="drop 32k, fewer rounds and new tokens")
-    ap.add_argument("--out", required=True, help="write the JSON result here")
-    ap.add_argument("--only", default="train,inference,kv,sliding", help="comma-separated parts to run")
-    ap.add_argument("--no-hf", action="store_true", help="skip the transformers baselines")
-    ap.add_argument("--no-compile", action="store_true", help="eager only")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3 quick / 5)")
-    ap.add_argument("--fused-adamw", choices=("default", "fused", "unfused"), default="default",
-                    help="AdamW implementation for every training variant (default: torch's choice, as rnope train on CPU)")
-    ap.add_argument("--lengths", default=None, help="prompt lengths for inference / KV (default 2048,8192[,32768])")
 
 
 def run_args(a) -> int:

@@ -30,6 +30,16 @@ def left_padded_rows(lens: list[int], extra: int) -> tuple[list[torch.Tensor], t
     return rows, tokens, mask
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster, and immune to OpenMP spinning on a busy machine.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _fp32_deterministic():
     torch.manual_seed(0)

@@ -48,13 +48,7 @@ def _cache(monkeypatch, cache_dir):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # subprocesses: tiny models, a shared 2-core machine
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and immune to OpenMP spinning on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train(out, *args) -> int:
