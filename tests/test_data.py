@@ -321,6 +321,39 @@ def test_packing_too_short(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- cache
+def test_prepare_dataset_loses_a_rename_race_to_a_twin_gracefully(tmp_path: Path, monkeypatch) -> None:
+    """Two trainings tokenizing the same corpus at once (rnope reproduce --jobs 2): the twin renames
+    its copy into place between our completeness check and our rename; ours is dropped, no error."""
+    import shutil
+
+    from rnope.data import prepare as prep
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(10):
+        (src / f"{i}.txt").write_text(f"doc {i} has words", encoding="utf-8")
+    cache = tmp_path / "cache"
+    real = prep._replace_dir
+
+    def twin_first(tmp: Path, final: Path) -> None:
+        shutil.copytree(tmp, final)  # the twin finished first ...
+        os.rename(tmp, final)  # ... so our rename hits a non-empty directory
+
+    monkeypatch.setattr(prep, "_replace_dir", twin_first)
+    train_dir, _, meta = prepare_dataset(str(src), TOK, cache, val_fraction=0.2)
+    assert os.listdir(cache) == [meta["key"]]  # our temporary copy is gone, the twin's is kept
+    assert shard_tokens(train_dir) == stream(split_documents([f"doc {i} has words" for i in range(10)], 0.2)[0])
+
+    def broken(tmp: Path, final: Path) -> None:  # a real failure (no twin) still raises
+        raise OSError("disk full")
+
+    monkeypatch.setattr(prep, "_replace_dir", broken)
+    with pytest.raises(OSError, match="disk full"):
+        prepare_dataset(str(src), TOK, tmp_path / "cache2", val_fraction=0.2)
+    assert os.listdir(tmp_path / "cache2") == []
+    monkeypatch.setattr(prep, "_replace_dir", real)
+
+
 def test_prepare_dataset_cache(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

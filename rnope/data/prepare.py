@@ -122,7 +122,12 @@ def prepare_dataset(
         if _complete(final):  # a concurrent twin finished first: keep it
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            _replace_dir(tmp, final)
+            try:
+                _replace_dir(tmp, final)
+            except OSError:  # a twin renamed its copy into place between the check and the rename
+                if not _complete(final):
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         for w in writers.values():
             if not w._done:
