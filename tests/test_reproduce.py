@@ -42,9 +42,19 @@ def test_results_schema_and_report_sections(study):
 
 
 def test_rerun_resumes_without_retraining(study):
+    import time
+
     done = (study / "runs" / "rope" / "DONE").stat().st_mtime
     ev = (study / "evals" / "rope.json").stat().st_mtime
+    active = json.loads((study / "study.json").read_text())["active_seconds"]
+    assert active > 0
+    time.sleep(1.0)  # idle time between invocations is not study time
+    t = time.time()
     assert main(["reproduce", "--profile", "smoke", "--out", str(study)]) == 0
+    rerun = time.time() - t
+    after = json.loads((study / "study.json").read_text())["active_seconds"]
+    assert 0 < after - active <= rerun
+    assert json.loads((study / "results.json").read_text())["setup"]["minutes"] * 60 <= after
     assert (study / "runs" / "rope" / "DONE").stat().st_mtime == done
     assert (study / "evals" / "rope.json").stat().st_mtime == ev
 
@@ -54,5 +64,15 @@ def test_other_study_and_unknown_profile_refused(study, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"rnope: error: --out '{study}' holds a different study (config hash ") and err.count("\n") == 0
     assert main(["reproduce", "--profile", "medium", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == "rnope: error: unknown profile 'medium' (known: quick, full, smoke)"
+    assert capsys.readouterr().err.strip() == "rnope: error: unknown profile 'medium' (known: quick, standard, full, smoke)"
     assert not (tmp_path / "x").exists()
+
+
+def test_launch_threads_gives_the_tail_of_an_uneven_split_the_idle_cores():
+    from rnope.reproduce.runner import launch_threads
+
+    assert [launch_threads(i, 7, 2, 2) for i in range(7)] == [1, 1, 1, 1, 1, 1, 2]
+    assert [launch_threads(i, 4, 2, 2) for i in range(4)] == [1, 1, 1, 1]
+    assert [launch_threads(i, 3, 3, 8) for i in range(3)] == [2, 2, 2]  # a first round never takes more
+    assert [launch_threads(i, 5, 2, 4) for i in range(5)] == [2, 2, 2, 2, 4]
+    assert [launch_threads(i, 3, 1, 2) for i in range(3)] == [2, 2, 2]

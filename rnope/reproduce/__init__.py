@@ -30,30 +30,32 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     study = Study(profile, Path(out), jobs=jobs, seeds=seeds, device=device, progress=progress)
     study.claim_dir()
-    tok = study.tokenizer()
-    study.train_all()
-    evals = study.evaluate_all()
-    from ..data import prepare_dataset
+    try:
+        tok = study.tokenizer()
+        from ..data import prepare_dataset
 
-    _, _, meta = prepare_dataset("builtin", tok, study.out / "cache")
-    runs = [json.loads((study.out / "runs" / _safe(n) / "DONE").read_text()) for _, _, n in study.run_names()]
-    short_steps = profile.near_steps + profile.far_steps + profile.pretrain_steps
-    setup = {
-        "seeds": seeds,
-        "minutes": (time.time() - study.started) / 60,  # since the study first started (resumes included)
-        "train_seconds": sum(r.get("seconds", 0) for r in runs),
-        "machine": ", ".join(f"{k} {v}" for k, v in machine().items() if v is not None),
-        "corpus_hash": meta.get("corpus_hash"),
-        # every step of the long stage holds long_factor x the tokens (B long rows, or 4B short ones)
-        "tokens_per_model": (short_steps + profile.long_steps * profile.long_factor) * profile.batch_size * profile.seq_len,
-        "threads": torch.get_num_threads(),
-    }
-    results = build_results(profile, evals, setup)
-    (study.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    figures(results, profile, study.out / "figures")
-    report = study.out / "REPORT.md"
-    tmp = report.with_suffix(".tmp")
-    tmp.write_text(render(results, profile))
-    os.replace(tmp, report)
-    study.say(f"wrote {report}")
+        # tokenized once here, before the parallel trainings that all read it
+        _, _, meta = prepare_dataset("builtin", tok, study.out / "cache")
+        study.train_all()
+        evals = study.evaluate_all()
+        runs = [json.loads((study.out / "runs" / _safe(n) / "DONE").read_text()) for _, _, n in study.run_names()]
+        setup = {
+            "seeds": seeds,
+            "minutes": study.active_seconds() / 60,  # wall time of all its invocations (resumes included, gaps not)
+            "train_seconds": sum(r.get("seconds", 0) for r in runs),
+            "machine": ", ".join(f"{k} {v}" for k, v in machine().items() if v is not None),
+            "corpus_hash": meta.get("corpus_hash"),
+            "tokens_per_model": profile.tokens_per_model(),
+            "threads": torch.get_num_threads(),
+        }
+        results = build_results(profile, evals, setup)
+        (study.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        figures(results, profile, study.out / "figures")
+        report = study.out / "REPORT.md"
+        tmp = report.with_suffix(".tmp")
+        tmp.write_text(render(results, profile))
+        os.replace(tmp, report)
+        study.say(f"wrote {report}")
+    finally:
+        study.record_time()
     return report

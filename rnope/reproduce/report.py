@@ -44,7 +44,13 @@ TRIED = [
     "a late phase change; rope was at 10/16 already at step 900 — the hybrid learns it later, as the issue anticipated).",
     "- With only three train key phrases the models memorised them and answered the eval template ('the pass key') "
     "with a train phrase; recall documents therefore draw their key from ~400 phrases (train nouns × kind words), "
-    "none in an eval template.", "",
+    "none in an eval template.",
+    "- At the `quick` budget (d_model 64–96, 900 curriculum steps at 128 tokens + 300 mixed + 30 long, 3–5 CPU-minutes "
+    "per model) retrieval emerges or not depending on the seed: nine rnope-swa runs of that recipe scored 0.00–1.00 on "
+    "the training templates at 1× and 0.00–0.80 on the evaluation template, and in one quick study rope retrieved while "
+    "rnope-swa did not. Cutting the curriculum further (300 + 400 steps) lost retrieval outright. `--profile standard` "
+    "(d_model 128, 400 + 500 curriculum steps at 256 tokens, 400 mixed, 40 long; ~14 CPU-minutes per model) is the "
+    "smallest recipe measured to reproduce the main effect (rnope-swa 1.00 at 1×–8×; docs/study-standard).", "",
 ]
 
 
@@ -113,13 +119,14 @@ def render(results: dict, profile) -> str:
         f"({profile.n_layer} layers, d_model {profile.d_model}, {profile.n_head} heads / {profile.n_kv_head} KV heads, "
         f"window {profile.window}, BPE vocabulary {profile.vocab_size}).",
         f"- Recipe (identical for every model): a retrieval curriculum — {profile.near_steps} steps of dense short recall documents "
-        f"(value 0–2 sentences before its question), {profile.far_steps} steps with up to 40 filler sentences — then pre-training "
+        f"(value 0–2 sentences before its question), {profile.far_steps} steps with up to 40 filler sentences, both at "
+        f"{profile.curriculum_seq_len} tokens — then pre-training "
         f"{profile.pretrain_steps} steps at {L} tokens (built-in prose mixed with recall + train-template passkey documents, "
         f"synthetic ratio {profile.synthetic_ratio}), long-context stage {profile.long_steps} steps at "
         f"{profile.long_factor * L} tokens mixed 1:3 with {L}-token sequences; batch {profile.batch_size}; RoPE baselines raise theta "
         "10k → 2M for the long stage as the paper did.",
         f"- Tokens per model: {setup.get('tokens_per_model', '–'):,}" if isinstance(setup.get("tokens_per_model"), int) else "- Tokens per model: –",
-        f"- Seeds: {setup['seeds']}; {setup['minutes']:.1f} min since the study started ({setup['train_seconds'] / 60:.1f} "
+        f"- Seeds: {setup['seeds']}; {setup['minutes']:.1f} min of wall time over its invocations ({setup['train_seconds'] / 60:.1f} "
         f"training-minutes over all models); hardware: {setup['machine']}.",
         f"- Data: built-in corpus (stdlib prose) sha256 `{setup.get('corpus_hash', '–')}`; evaluation items use the eval templates, seeds and"
         " the held-out split (disjoint from training).", "",

@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,11 +51,27 @@ class Study:
             if got != h:
                 raise ValueError(f"--out '{out}' holds a different study (config hash {got}, this one {h}); choose a new directory")
         out.mkdir(parents=True, exist_ok=True)
-        self.started = time.time()
+        self.started, self.active_before = time.time(), 0.0
         if marker.exists():
-            self.started = json.loads(marker.read_text()).get("started", self.started)
-        marker.write_text(json.dumps({"hash": h, "started": self.started, "profile": self.p.to_dict(), "seeds": self.seeds},
-                                     indent=1, default=str))
+            old = json.loads(marker.read_text())
+            self.started = old.get("started", self.started)
+            self.active_before = float(old.get("active_seconds", 0.0))
+        self._write_marker(self.active_before)
+
+    def _write_marker(self, active: float) -> None:
+        marker = self.out / STUDY_FILE
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"hash": self.p.hash(), "started": self.started, "active_seconds": active,
+                                   "profile": self.p.to_dict(), "seeds": self.seeds}, indent=1, default=str))
+        os.replace(tmp, marker)
+
+    def active_seconds(self) -> float:
+        """Wall time this study has run, summed over its invocations (not the idle time between resumes)."""
+        return self.active_before + time.time() - self.t0
+
+    def record_time(self) -> None:
+        """Add this invocation's wall time to the marker (called once, when the invocation ends)."""
+        self._write_marker(self.active_seconds())
 
     def run_names(self) -> list[tuple[ModelSpec, int, str]]:
         return [(m, s, m.name if self.seeds == 1 else f"{m.name}#seed{s}") for m in self.p.models for s in range(self.seeds)]
@@ -81,8 +98,8 @@ class Study:
             long_model.setdefault("rope_original_len", p.seq_len)
         L = p.seq_len * p.long_factor
         stages = [
-            {"name": "near", "steps": p.near_steps, "seq_len": p.seq_len, "synthetic_ratio": 1.0, "synthetic_kinds": ["recall_near"]},
-            {"name": "far", "steps": p.far_steps, "seq_len": p.seq_len, "synthetic_ratio": 1.0, "synthetic_kinds": ["recall"]},
+            {"name": "near", "steps": p.near_steps, "seq_len": p.curriculum_seq_len, "synthetic_ratio": 1.0, "synthetic_kinds": ["recall_near"]},
+            {"name": "far", "steps": p.far_steps, "seq_len": p.curriculum_seq_len, "synthetic_ratio": 1.0, "synthetic_kinds": ["recall"]},
             {"name": "pretrain", "steps": p.pretrain_steps, "seq_len": p.seq_len},
             {"name": "long", "steps": p.long_steps, "seq_len": L, "short_seq_len": p.seq_len, "long_ratio": 0.25,
              "synthetic_ratio": p.long_synthetic_ratio, "lr": p.lr / 3, "warmup": max(1, p.long_steps // 10),
@@ -124,11 +141,20 @@ class Study:
         if not todo:
             return
         jobs = max(1, min(self.jobs, len(todo)))
-        threads = max(1, (os.cpu_count() or 2) // jobs)
-        self.say(f"training {len(todo)} model(s), {jobs} at a time, {threads} thread(s) each")
+        cores = os.cpu_count() or 2
+        self.say(f"training {len(todo)} model(s), {jobs} at a time, {max(1, cores // jobs)} thread(s) each")
         finished = 0
+        launched = [0]
+        lock = threading.Lock()
+
+        def launch(m, s, n):
+            with lock:
+                i = launched[0]
+                launched[0] += 1
+            return self.train_one(m, s, n, launch_threads(i, len(todo), jobs, cores))
+
         with ThreadPoolExecutor(jobs) as pool:
-            futures = {pool.submit(self.train_one, m, s, n, threads): n for m, s, n in todo}
+            futures = {pool.submit(launch, m, s, n): n for m, s, n in todo}
             for fut in futures:
                 secs = fut.result()
                 finished += 1
@@ -194,6 +220,19 @@ class Study:
             out[n] = self.evaluate_one(m, s, n)
             self.say(f"evaluated {n} ({time.time() - t:.0f} s); {i + 1}/{len(names)}")
         return out
+
+
+def launch_threads(i: int, n: int, jobs: int, cores: int) -> int:
+    """Threads for the ``i``-th of ``n`` trainings run ``jobs`` at a time on ``cores`` cores.
+
+    Full rounds split the cores evenly. The ``n % jobs`` trainings of a last, partial round (7
+    models, 2 at a time: the 7th) split all the cores among themselves: they start as the previous
+    round finishes, and would otherwise run beside idle cores to the end of the study.
+    """
+    tail = n % jobs if n > jobs else 0
+    if tail and i >= n - tail:
+        return max(1, cores // tail)
+    return max(1, cores // jobs)
 
 
 # ---- measurements --------------------------------------------------------------------------------
