@@ -98,8 +98,11 @@ def read_config(path: str | os.PathLike) -> tuple[ModelConfig, dict]:
         raise CheckpointError(f"{cfile}: {e}") from None
 
 
-def load_state(model: Transformer, weights: Path) -> None:
-    """Load safetensors weights into ``model``, strictly: names, shapes must match the config."""
+def load_state(model: Transformer, weights: Path, *, assign: bool = False) -> None:
+    """Load safetensors weights into ``model``, strictly: names, shapes must match the config.
+
+    ``assign``: the loaded tensors replace the parameters (for a model built on the ``meta``
+    device) instead of being copied into them."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -120,7 +123,7 @@ def load_state(model: Transformer, weights: Path) -> None:
     extra = sorted(set(state) - set(own))
     if extra:
         raise CheckpointError(f"{weights}: unexpected tensor '{extra[0]}' not in the model config.json describes")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
@@ -138,9 +141,12 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: 
             raise CheckpointError(f"'{d}' is a Hugging Face directory; HF import is not available") from None
         return load_hf(d, device=device, dtype=dtype)
     config, _ = read_config(d)
-    model = Transformer(config)
-    load_state(model, d / WEIGHTS_FILE)
-    model.to(device=device, dtype=dtype) if dtype else model.to(device=device)
+    # built on "meta" (no random init of weights about to be overwritten: an 8B model skips ~32 GB of
+    # init), then the file's tensors are assigned; cast to the default dtype as a fresh model would be
+    with torch.device("meta"):
+        model = Transformer(config)
+    load_state(model, d / WEIGHTS_FILE, assign=True)
+    model.to(device=device, dtype=dtype or torch.get_default_dtype())
     model.eval()
     tokenizer = None
     if (d / TOKENIZER_FILE).exists():

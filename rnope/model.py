@@ -127,8 +127,10 @@ class Attention(nn.Module):
             self.k_norm = make_norm(config, (self.n_kv_head, self.head_dim))
         if spec.rope:
             # plain fp32 attributes, not buffers: model.to(bfloat16) must not round the frequencies
-            # (transformers keeps inv_freq in fp32 too); Context.angles moves them to the device
-            self.inv_freq, self.rope_factor, self.rope_mix = rope_tables(spec, self.head_dim, layer_idx=layer_idx)
+            # (transformers keeps inv_freq in fp32 too); Context.angles moves them to the device.
+            # Always on CPU, also when the model is built on "meta" (rnope.load assigns the weights)
+            with torch.device("cpu"):
+                self.inv_freq, self.rope_factor, self.rope_mix = rope_tables(spec, self.head_dim, layer_idx=layer_idx)
             self.rope_key = (spec.rope_theta, spec.rope_scaling, spec.rope_factor, spec.rope_original_len,
                              spec.rope_fraction, layer_idx if self.rope_mix is not None else -1)
         if spec.temperature == "ssmax":  # Scalable-Softmax: q · s_h · log n, s learnable per head

@@ -54,3 +54,28 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path):
 def test_no_pickle_in_checkpoint(tmp_path):
     d = rnope.save(tmp_path / "m", tiny_model("rope"))
     assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_load_builds_on_meta_and_skips_the_random_init(tmp_path, monkeypatch):
+    """rnope.load never random-initialises weights it is about to overwrite (an 8B model would
+    spend minutes and ~32 GB on it): every init call lands on a meta tensor, and the loaded model
+    equals the saved one bit for bit, RoPE tables on the CPU."""
+    import rnope
+
+    cfg = rnope.ModelConfig.from_preset("rnope-swa", n_layer=4, d_model=32, n_head=2, n_kv_head=1, vocab_size=128, window=16)
+    torch.manual_seed(0)
+    model = rnope.Transformer(cfg).eval()
+    rnope.save(tmp_path / "ck", model)
+    devices = []
+    real = torch.nn.init.normal_
+
+    def spy(*a, **k):
+        devices.append((a[0] if a else k["tensor"]).device.type)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.nn.init, "normal_", spy)
+    loaded, _ = rnope.load(tmp_path / "ck")
+    assert devices and set(devices) == {"meta"}
+    x = torch.randint(0, 128, (2, 50))
+    assert torch.equal(loaded(x), model(x))
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"} and loaded.layers[0].self_attn.inv_freq.device.type == "cpu"
