@@ -45,12 +45,13 @@ TRIED = [
     "- With only three train key phrases the models memorised them and answered the eval template ('the pass key') "
     "with a train phrase; recall documents therefore draw their key from ~400 phrases (train nouns × kind words), "
     "none in an eval template.",
-    "- At the `quick` budget (d_model 64–96, 900 curriculum steps at 128 tokens + 300 mixed + 30 long, 3–5 CPU-minutes "
-    "per model) retrieval emerges or not depending on the seed: nine rnope-swa runs of that recipe scored 0.00–1.00 on "
-    "the training templates at 1× and 0.00–0.80 on the evaluation template, and in one quick study rope retrieved while "
-    "rnope-swa did not. Cutting the curriculum further (300 + 400 steps) lost retrieval outright. `--profile standard` "
-    "(d_model 128, 400 + 500 curriculum steps at 256 tokens, 400 mixed, 40 long; ~14 CPU-minutes per model) is the "
-    "smallest recipe measured to reproduce the main effect (rnope-swa 1.00 at 1×–8×; docs/study-standard).", "",
+    "- At the `quick` budget (3–5 CPU-minutes per model) with batch 16, retrieval emerged or not depending on the seed: "
+    "nine rnope-swa runs (d_model 64–96, 400 + 500 curriculum steps at 128 tokens) scored 0.00–1.00 on the training "
+    "templates at 1× and 0.00–0.80 on the evaluation template. The same tokens in batches of 8, so twice the updates, "
+    "gave 0.90–1.00 on the training templates up to 8× in both seeds tried; `quick` trains that way. Carrying the skill "
+    "to the unseen evaluation template is what this budget does not buy: the models find the needle but get its first "
+    "token wrong (' 13054.' for 97054). `--profile standard` (d_model 128, ~14 CPU-minutes per model) is the smallest "
+    "recipe measured to transfer (rnope-swa 1.00 at 1×–8× on the evaluation template; docs/study-standard).", "",
 ]
 
 
@@ -238,6 +239,11 @@ def verdicts(ms: dict, profile) -> list[str]:
             else:
                 out.append(f"- {'✅' if v < 0.2 else '❌'} rope NIAH at {f}×: {v:.2f} (target < 0.2: RoPE fails past its length).")
             break
+    tt_far = {n: m.get("niah_train_templates", {}).get(str(far * L)) for n, m in ms.items()}
+    if tt_far.get("rnope-swa") is not None and fluent:
+        others = ", ".join(f"{n} {v:.2f}" for n, v in tt_far.items() if n != "rnope-swa" and v is not None)
+        out.append(f"- ℹ️ Diagnostic, training templates (not the paper's metric): at {far}× rnope-swa scores "
+                   f"{tt_far['rnope-swa']:.2f}; {others}.")
     a, b = ms.get("rnope-swa", {}).get("val_loss"), ms.get("rope", {}).get("val_loss")
     if a is not None and b is not None:
         rel = (a - b) / b
