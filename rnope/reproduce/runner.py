@@ -9,7 +9,6 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -144,17 +143,9 @@ class Study:
         cores = os.cpu_count() or 2
         self.say(f"training {len(todo)} model(s), {jobs} at a time, {max(1, cores // jobs)} thread(s) each")
         finished = 0
-        launched = [0]
-        lock = threading.Lock()
-
-        def launch(m, s, n):
-            with lock:
-                i = launched[0]
-                launched[0] += 1
-            return self.train_one(m, s, n, launch_threads(i, len(todo), jobs, cores))
-
-        with ThreadPoolExecutor(jobs) as pool:
-            futures = {pool.submit(launch, m, s, n): n for m, s, n in todo}
+        with ThreadPoolExecutor(jobs) as pool:  # starts its tasks in submission order
+            futures = {pool.submit(self.train_one, m, s, n, launch_threads(i, len(todo), jobs, cores)): n
+                       for i, (m, s, n) in enumerate(todo)}
             for fut in futures:
                 secs = fut.result()
                 finished += 1
