@@ -173,7 +173,9 @@ class Decoder:
             raise ValueError("Decoder needs a prefilled cache (run the prompt through the model first)")
         cache.check(token.shape[0], 1)
         self._time.fill_(cache.seen)
-        tokens = token[:, None]
+        # one layout for every caller: a column view (seq[:, i]) and a fresh argmax would otherwise
+        # be two graphs, and the switch a recompile in the middle of decoding
+        tokens = token.reshape(-1, 1).contiguous()
         try:
             logits = self._fn(self.model, tokens, self._time, self.start, self.kv, self.wts, self.matvec)
         except Exception as e:  # no compiler, an unsupported op, ...: the eager step is exact

@@ -1,7 +1,15 @@
-import pytest
-import torch
+import os
 
-from rnope import ModelConfig, Transformer
+# The suite is the CPU suite (fp32 numbers, CPU kernels): on a GPU machine it hides the GPU from this
+# process and the CLI subprocesses it starts, or training would pick CUDA and bf16 autocast. The GPU
+# checks are benchmarks/gpu_check.py; RNOPE_TEST_GPU=1 keeps the GPU visible.
+if os.environ.get("RNOPE_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rnope import ModelConfig, Transformer  # noqa: E402
 
 TINY = dict(vocab_size=61, n_layer=4, d_model=32, n_head=4, n_kv_head=2, d_ff=64, max_seq_len=256, window=8, chunk_size=8)
 CORE_PRESETS = ["rnope-swa", "rope", "nope", "qknorm", "rnope", "swa"]
