@@ -76,3 +76,30 @@ def test_launch_threads_gives_the_tail_of_an_uneven_split_the_idle_cores():
     assert [launch_threads(i, 3, 3, 8) for i in range(3)] == [2, 2, 2]  # a first round never takes more
     assert [launch_threads(i, 5, 2, 4) for i in range(5)] == [2, 2, 2, 2, 4]
     assert [launch_threads(i, 3, 1, 2) for i in range(3)] == [2, 2, 2]
+
+
+def test_verdicts_state_the_targets_and_call_a_rope_without_retrieval_vacuous():
+    from rnope.reproduce.profiles import get_profile
+    from rnope.reproduce.report import verdicts
+
+    prof = get_profile("quick")
+    L = prof.seq_len
+
+    def model(preset, evals, trains, loss):
+        grid = lambda vals: {str(f * L): v for f, v in zip((1, 2, 4, 8), vals)}  # noqa: E731
+        return {"preset": preset, "niah": grid(evals), "niah_train_templates": grid(trains), "val_loss": loss,
+                "segments": {}, "entropy": {}}
+
+    ms = {"rope": model("rope", [0.0] * 4, [0.1, 0.0, 0.0, 0.0], 4.272),
+          "rnope-swa": model("rnope-swa", [1.0, 1.0, 0.95, 0.9], [1.0] * 4, 4.148)}
+    out = verdicts(ms, prof)
+    assert "- ✅ rnope-swa NIAH at 4× the training length: 0.95 (target ≥ 0.9)." in out
+    assert ("- ⚠️ rope NIAH at 4×: 0.00 (target < 0.2), but vacuous: rope scores 0.00 at 1× with the evaluation template; "
+            "with the training templates 0.10 at 1×, 0.00 at 4×, 0.00 at 8× (the long stage trains at 4×).") in out
+    assert "- ✅ rnope-swa val loss 4.148 vs rope 4.272 (-2.9%; target within 2%)." in out
+    ms["rope"] = model("rope", [0.9, 0.5, 0.3, 0.0], [1.0] * 4, 4.0)
+    ms["rnope-swa"]["niah"][str(4 * L)] = 0.5
+    out = verdicts(ms, prof)
+    assert "- ❌ rope NIAH at 4×: 0.30 (target < 0.2: RoPE fails past its length)." in out
+    assert "- ❌ rnope-swa NIAH at 4× the training length: 0.50 (target ≥ 0.9)." in out
+    assert "- ❌ rnope-swa val loss 4.148 vs rope 4.000 (+3.7%; target within 2%)." in out

@@ -443,6 +443,38 @@ def test_recall_document_is_a_short_train_split_question_with_its_answer():
         recall_document(0, "far")
 
 
+def test_recall_keys_with_prose_use_open_words_and_never_an_eval_template_word():
+    import re
+
+    from rnope.tasks.haystack import TRAIN_NOUNS
+    from rnope.tasks.train_mix import _RECALL_WORDS, eval_template_words, key_words, recall_document
+
+    banned = eval_template_words()
+    # every template's words are seen: passkey, NIAH (kinds too), RULER, the filler, the key lists
+    assert {"pass", "key", "remember", "magic", "uuids", "variable", "frequently", "grass", "falcon", "calm"} <= banned
+    essay = ["Return the value of the key in the dictionary.", "The pass key opens the old mill; nobody minds it."]
+    assert key_words(essay) == ("dictionary", "mill", "minds", "nobody", "old", "opens", "return")
+    assert key_words(None) == key_words([]) == ()
+    prose = [f"The {w} wrote to the {v} about the {u}." for w, v, u in zip(TRAIN_NOUNS, TRAIN_NOUNS[1:], TRAIN_NOUNS[2:])]
+    prose += ["Record store ledger office anchor harbor pocket scroll ribbon wallet parcel drawer"]
+    firsts, lasts = set(), set()
+    for seed in range(300):
+        doc = recall_document(seed, "recall", essay=prose)
+        key = re.search(r"(?:The|My|Our) (\w+ \w+) (?:is|reads)", doc).group(1)
+        first, last = key.split()
+        assert first not in banned and last not in banned
+        assert last in _RECALL_WORDS or last in key_words(prose)
+        firsts.add(first)
+        lasts.add(last)
+    # the word before "is" varies beyond the ten kind words, and both kinds of word are drawn
+    assert len(lasts - set(_RECALL_WORDS)) >= 20 and len(lasts & set(_RECALL_WORDS)) == 10
+    assert {"record", "ledger"} & lasts and not {"anchor", "harbor"} & (firsts | lasts)  # eval nouns are banned
+    # without prose, and in "recall_near" documents, the closed vocabulary: rare train noun + kind word
+    for doc in [recall_document(s, "recall") for s in range(20)] + [recall_document(s, "recall_near", essay=prose) for s in range(20)]:
+        key = re.search(r"(?:The|My|Our) (\w+ \w+) (?:is|reads)", doc).group(1)
+        assert key.split()[0] in TRAIN_NOUNS and key.split()[1] in _RECALL_WORDS
+
+
 def test_training_rows_pack_many_recall_documents():
     from rnope.tokenizer import Tokenizer
     from rnope.train.mix import synthetic_row

@@ -9,7 +9,9 @@ paper's controlled comparison, arXiv 2501.18795 §2):
    long passkey documents learn no retrieval at all; at short distances they learn to copy the
    value within a few hundred steps (the reproduce issue's notes, measured while building this).
 2. ``far`` — the same documents with up to 40 filler sentences: the copy now has to reach
-   across the window, i.e. through the global layers.
+   across the window, i.e. through the global layers. Their key phrases also draw words from the
+   training prose, so that the model matches the question's key, not a memorised kind word
+   (:func:`rnope.tasks.train_mix.key_words`).
 3. ``pretrain`` — the built-in corpus mixed with recall and train-template passkey documents.
 4. ``long`` — the paper's long-context stage: 4x longer sequences mixed 1:3 with short ones; the
    RoPE baselines raise theta as the paper did (10k -> 2M); a RoPE-extension row applies its

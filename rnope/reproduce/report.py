@@ -48,10 +48,17 @@ TRIED = [
     "- At the `quick` budget (3–5 CPU-minutes per model) with batch 16, retrieval emerged or not depending on the seed: "
     "nine rnope-swa runs (d_model 64–96, 400 + 500 curriculum steps at 128 tokens) scored 0.00–1.00 on the training "
     "templates at 1× and 0.00–0.80 on the evaluation template. The same tokens in batches of 8, so twice the updates, "
-    "gave 0.90–1.00 on the training templates up to 8× in both seeds tried; `quick` trains that way. Carrying the skill "
-    "to the unseen evaluation template is what this budget does not buy: the models find the needle but get its first "
-    "token wrong (' 13054.' for 97054). `--profile standard` (d_model 128, ~14 CPU-minutes per model) is the smallest "
-    "recipe measured to transfer (rnope-swa 1.00 at 1×–8× on the evaluation template; docs/study-standard).", "",
+    "gave 0.90–1.00 on the training templates up to 8× in both seeds tried; `quick` trains that way.",
+    "- Those models still missed the unseen evaluation template: they found the needle but got its first token wrong "
+    "(' 13054.' for 97054). Teacher-forced probes with hand-made key phrases showed why: the whole value was "
+    "right 0.96–1.00 of the time after a key ending in one of the ten training kind words ('zebra ticket', an unseen "
+    "first word), and 0.00–0.21 after keys ending in 'key' ('pass key', 'secret key', 'falcon key'). The model had "
+    "learned 'copy the number after <kind word> is', not 'after the question's key'. Far recall documents now also "
+    "draw both key words from the training prose (any 3–10 letter word, never a word of an evaluation template); "
+    "near documents keep the closed set, on which the copy circuit forms fastest (open words there too lost "
+    "retrieval in one of two seeds). With that, four rnope-swa seeds of the quick recipe scored 0.80–1.00 on the "
+    "evaluation template at 4× (mean 0.94) and 0.70–1.00 at 8× (mean 0.90), where the closed set gave 0.00–0.15 "
+    "(docs/retrieval.md).", "",
 ]
 
 
@@ -233,7 +240,8 @@ def verdicts(ms: dict, profile) -> list[str]:
             v1 = niah("rope", 1)
             if v1 is not None and v1 < 0.5:  # it misses at its own length too: the check says nothing about length
                 tt = ms["rope"].get("niah_train_templates", {})
-                extra = "".join(f"; with the training templates {tt[str(g * L)]:.2f} at {g}×" for g in (f, 8) if str(g * L) in tt)
+                parts = [f"{tt[str(g * L)]:.2f} at {g}×" for g in dict.fromkeys((1, f, 8)) if str(g * L) in tt]
+                extra = f"; with the training templates {', '.join(parts)}" if parts else ""
                 out.append(f"- ⚠️ rope NIAH at {f}×: {v:.2f} (target < 0.2), but vacuous: rope scores {v1:.2f} at 1× with the "
                            f"evaluation template{extra} (the long stage trains at {profile.long_factor}×).")
             else:

@@ -9,13 +9,17 @@ with evaluation items. ``essay`` is used as given: pass training prose, not the 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import random
+import re
 from collections.abc import Iterator, Sequence
 
 from .common import Encode, Item, item_rng
 from .niah import PasskeyTemplate
 
-__all__ = ["FAMILIES", "RECALL_KINDS", "answer_text", "copy_document", "recall_document", "synthetic_documents", "synthetic_items"]
+__all__ = ["FAMILIES", "RECALL_KINDS", "answer_text", "copy_document", "eval_template_words", "key_words", "recall_document",
+           "synthetic_documents", "synthetic_items"]
 
 #: Family names accepted in ``kinds`` besides concrete task names; essay variants need ``essay``.
 FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -81,6 +85,40 @@ def synthetic_items(
             raise err
 
 
+def _strings(value) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _strings(v)
+
+
+@functools.cache
+def eval_template_words() -> frozenset[str]:
+    """Every lower-case word of an evaluation template, the evaluation filler and the evaluation key
+    lists (placeholders such as ``{value}`` left out): words a training key phrase must not use."""
+    from .haystack import EVAL_ADJECTIVES, EVAL_NOUNS, NOISE_EVAL
+    from .niah import EVAL_NIAH, EVAL_PASSKEY
+    from .ruler import EVAL_CWE, EVAL_FWE, EVAL_VT
+
+    texts = [*NOISE_EVAL, *EVAL_NOUNS, *EVAL_ADJECTIVES]
+    for tpl in (EVAL_PASSKEY, EVAL_NIAH, EVAL_VT, EVAL_CWE, EVAL_FWE):
+        texts.extend(_strings(dataclasses.astuple(tpl)))
+    return frozenset(w for t in texts for w in re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", t).lower()))
+
+
+@functools.lru_cache(maxsize=4)
+def _key_words(essay: tuple[str, ...]) -> tuple[str, ...]:
+    found = {w for text in essay for w in re.findall(r"\b[a-z]{3,10}\b", text.lower())}
+    return tuple(sorted(found - eval_template_words()))
+
+
+def key_words(essay: Sequence[str] | None) -> tuple[str, ...]:
+    """The open key vocabulary of :func:`recall_document`: the 3-10 letter words of the training
+    prose ``essay``, minus :func:`eval_template_words` (cached per essay)."""
+    return _key_words(tuple(essay)) if essay else ()
+
+
 def copy_document(seed: int, length: int, *, encode: Encode, essay: Sequence[str] | None = None) -> str:
     """A dense induction document: random words, then the same words again (~``length`` tokens).
 
@@ -110,7 +148,8 @@ def copy_document(seed: int, length: int, *, encode: Encode, essay: Sequence[str
 
 #: Dense recall kinds -> the most filler sentences between needle and question.
 RECALL_KINDS: dict[str, int] = {"recall_near": 2, "recall": 40}
-_RECALL_WORDS = ("code", "number", "pin", "token", "tag", "ticket", "serial", "combination", "label", "id")
+#: Kind words closing a key phrase; none is a word of an evaluation template ("number" was one: NIAH).
+_RECALL_WORDS = ("code", "badge", "pin", "token", "tag", "ticket", "serial", "combination", "label", "id")
 _RECALL_FORMS = (  # (needle, question + answer prefix); phrasing disjoint from EVAL_PASSKEY
     ("The {key} is {value}. Keep it in mind. {value} is the {key}.", "What is the {key}? The {key} is"),
     ("My {key} is {value}. Note it down. {value} is my {key}.", "What is my {key}? My {key} is"),
@@ -119,7 +158,8 @@ _RECALL_FORMS = (  # (needle, question + answer prefix); phrasing disjoint from 
 )
 
 
-def recall_document(seed: int, kind: str = "recall", *, max_tokens: int | None = None, encode: Encode | None = None) -> str:
+def recall_document(seed: int, kind: str = "recall", *, max_tokens: int | None = None, encode: Encode | None = None,
+                    essay: Sequence[str] | None = None) -> str:
     """A short passkey-style question/answer document: needle, a few filler sentences, question, answer.
 
     ``"The secret code is 12345. Keep it in mind. 12345 is the secret code. <filler>\nWhat is the
@@ -131,6 +171,15 @@ def recall_document(seed: int, kind: str = "recall", *, max_tokens: int | None =
     document from the start stays at chance (the reproduce issue's notes). A curriculum of
     ``recall_near`` then ``recall`` then ``passkey`` builds retrieval that sparse long documents
     alone do not.
+
+    The key phrase is two words: a rare train noun, then one of ten kind words ("code", "pin", ...).
+    In ``"recall"`` documents with ``essay``, each of the two is, with probability 1/2, a word of the
+    training prose instead (:func:`key_words`). With only the ten kind words, tiny models learned to
+    copy the number after "<kind word> is" and missed any key ending in another word (the eval
+    template's "pass key": whole value right 0.00-0.21 of the time, teacher-forced, against
+    0.96-1.00 for an unseen first word before a kind word). Open words make the model match the
+    question's own key (docs/retrieval.md). ``"recall_near"`` keeps the closed set, on which the
+    copy circuit forms fastest. Words of an evaluation template are never used.
     """
     from .common import sample_number
     from .haystack import TRAIN_NOUNS, noise_haystack
@@ -138,9 +187,12 @@ def recall_document(seed: int, kind: str = "recall", *, max_tokens: int | None =
     if kind not in RECALL_KINDS:
         raise ValueError(f"unknown recall kind {kind!r}; known: {', '.join(RECALL_KINDS)}")
     rng = item_rng("train", kind, seed, 0, None, 0)
-    # many key phrases (train nouns x kind words), so the model learns "the number stated for the
-    # phrase in the question" rather than a few memorised phrases; none is in an eval template
-    key = f"{rng.choice(TRAIN_NOUNS)} {rng.choice(_RECALL_WORDS)}"
+    # open words in "recall" documents only: "recall_near" keeps the closed set, on which the copy
+    # circuit forms fastest; empty without essay, and the draws below are then the closed set's
+    words = key_words(essay) if kind == "recall" else ()
+    first = rng.choice(words) if words and rng.random() < 0.5 else rng.choice(TRAIN_NOUNS)
+    last = rng.choice(words) if words and rng.random() < 0.5 else rng.choice(_RECALL_WORDS)
+    key = f"{first} {last}"
     needle, query = (part.format(key=key, value="{value}") for part in rng.choice(_RECALL_FORMS))
     tpl = PasskeyTemplate("", needle, query)
     value = sample_number(rng, 5, "train")
@@ -189,7 +241,7 @@ def synthetic_documents(
         if pick == "copy":
             yield copy_document(rng.getrandbits(32), rng.choice(list(lengths)), encode=encode, essay=essay)
         elif pick in RECALL_KINDS:
-            yield recall_document(rng.getrandbits(32), pick, max_tokens=max(lengths) - 1, encode=encode)
+            yield recall_document(rng.getrandbits(32), pick, max_tokens=max(lengths) - 1, encode=encode, essay=essay)
         else:
             item = next(synthetic_items(rng.getrandbits(32), 1, encode=encode, lengths=lengths, kinds=others, essay=essay))
             yield item.prompt + answer_text(item)
