@@ -180,6 +180,8 @@ CASES = [
     ("tok-jsonl-no-text-field", ["tokenizer", "train", "--vocab-size", "300", "--data", "{ws}/notext.jsonl", "--out", "{out}"], ["notext.jsonl line 1: no field 'text'"], None),
     ("tok-vocab-not-int", ["tokenizer", "train", "--vocab-size", "x", "--out", "{out}"], ["--vocab-size: 'x' is not a valid integer"], None),
     ("tok-max-chars-0", ["tokenizer", "train", "--vocab-size", "300", "--max-chars", "0", "--out", "{out}"], ["--max-chars must be >= 1, got 0"], None),
+    ("tok-val-fraction-nan", ["tokenizer", "train", "--vocab-size", "300", "--val-fraction", "x", "--out", "{out}"], ["--val-fraction: 'x' is not a number"], None),
+    ("tok-val-fraction-1", ["tokenizer", "train", "--vocab-size", "300", "--val-fraction", "1", "--out", "{out}"], ["--val-fraction must be in [0, 1), got 1"], None),
     ("tok-empty-corpus", ["tokenizer", "train", "--vocab-size", "300", "--data", "{ws}/empty.txt", "--out", "{out}"], ["empty.txt' is empty"], None),
     ("tok-blank-corpus", ["tokenizer", "train", "--vocab-size", "300", "--data", "{ws}/blank.txt", "--out", "{out}"], ["blank.txt' has no documents"], None),
     ("tok-unsupported-type", ["tokenizer", "train", "--vocab-size", "300", "--data", "{ws}/data.csv", "--out", "{out}"], ["data.csv' has unsupported type '.csv'"], None),

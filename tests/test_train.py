@@ -367,6 +367,35 @@ def test_tokenizer_train_command(tmp_path, small_corpus, capsys):
     assert model.config.vocab_size == 320 and tok2.vocab_size == 320
 
 
+def test_tokenizer_train_learns_from_the_training_split_only(tmp_path, capsys):
+    import json
+    import random
+
+    from rnope.data import split_documents
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(rng.randint(3, 8))) for _ in range(300)]
+    docs = [" ".join(rng.choice(words[i * 5 : i * 5 + 40]) for _ in range(60)) for i in range(50)]  # each its own words
+    train, val = split_documents(docs, 0.2)
+    assert 3 <= len(val) <= 20
+    for name, part in (("all", docs), ("train", train)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in part))
+
+    def tok(name, data, *extra):
+        assert main(["tokenizer", "train", "--vocab-size", "400", "--data", str(tmp_path / data), "--out", str(tmp_path / name), *extra]) == 0
+        return json.loads((tmp_path / name).read_text())
+
+    capsys.readouterr()
+    split = tok("a.json", "all.jsonl", "--val-fraction", "0.2")
+    err = capsys.readouterr().err
+    assert f"from {len(train)} documents" in err and f"; {len(val)} validation documents left out)" in err
+    assert split == tok("b.json", "train.jsonl", "--val-fraction", "0")  # exactly the training split's tokenizer
+    assert split != tok("c.json", "all.jsonl", "--val-fraction", "0")  # the held-out documents do change it
+    assert main(["tokenizer", "train", "--vocab-size", "400", "--data", str(tmp_path / "all.jsonl"), "--out", str(tmp_path / "d.json"),
+                 "--val-fraction", "1"]) == 2
+    assert "--val-fraction must be in [0, 1), got 1" in capsys.readouterr().err and not (tmp_path / "d.json").exists()
+
+
 def test_stage_model_overrides_and_kinds_carry_forward():
     from rnope.config import ModelConfig
     from rnope.train.runconfig import RunConfig, stage_model_configs

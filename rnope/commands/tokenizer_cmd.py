@@ -4,6 +4,11 @@
 
 The tokenizer has ``<pad>``, ``<bos>``, ``<eos>`` at ids 0-2 and round-trips any text
 (:mod:`rnope.tokenizer`). Use it with ``rnope train --tokenizer tok.json``.
+
+It learns from the training split only: the documents that ``rnope train`` with the same
+``--val-fraction`` validates on (the same keyed-hash split, :func:`rnope.data.split_flags`) are left
+out, so the validation loss is measured on text the tokenizer never saw. ``--val-fraction 0`` uses
+every document.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--out", required=True, help="tokenizer.json to write")
     t.add_argument("--text-field", default="text", help="JSONL/parquet field holding the text")
     t.add_argument("--max-chars", default=None, help="train on at most this many characters (default: all)")
+    t.add_argument("--val-fraction", default="0.02",
+                   help="leave out the documents `rnope train --val-fraction` validates on (default 0.02, its default; 0 = none)")
 
 
 def _int(flag: str, raw: str | None) -> int | None:
@@ -36,11 +43,17 @@ def _int(flag: str, raw: str | None) -> int | None:
 
 
 def run(args) -> int:
-    from ..data import iter_documents
+    from ..data import doc_unit, iter_documents, split_flags
     from ..tokenizer import Tokenizer
 
     vocab = _int("--vocab-size", args.vocab_size)
     max_chars = _int("--max-chars", args.max_chars)
+    try:
+        val_fraction = float(args.val_fraction)
+    except ValueError:
+        raise ValueError(f"--val-fraction: {args.val_fraction!r} is not a number") from None
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if vocab < 260:
         raise ValueError(f"--vocab-size must be >= 260 (3 specials + 256 bytes + 1 merge), got {vocab}")
     if max_chars is not None and max_chars < 1:
@@ -61,9 +74,13 @@ def run(args) -> int:
             raise ValueError(f"--data '{args.data}' is empty")
 
     seen = {"docs": 0, "chars": 0}
+    # first pass: which documents are validation (streamed, as rnope.data.prepare_dataset does)
+    held_out = split_flags([doc_unit(d) for d in iter_documents(args.data, text_field=args.text_field)], val_fraction)
 
     def texts():
-        for doc in iter_documents(args.data, text_field=args.text_field):
+        for doc, val in zip(iter_documents(args.data, text_field=args.text_field), held_out):
+            if val:
+                continue
             if max_chars is not None and seen["chars"] >= max_chars:
                 return
             if max_chars is not None:
@@ -83,5 +100,6 @@ def run(args) -> int:
 
     tok = Tokenizer.train_bpe(all_docs(), vocab, show_progress=sys.stderr.isatty())
     tok.save(out)
-    print(f"wrote {out}: {tok.vocab_size} tokens from {seen['docs']} documents ({seen['chars']:,} characters)", file=sys.stderr)
+    print(f"wrote {out}: {tok.vocab_size} tokens from {seen['docs']} documents ({seen['chars']:,} characters; "
+          f"{sum(held_out)} validation documents left out)", file=sys.stderr)
     return 0
