@@ -136,7 +136,6 @@ def check_kernels(dev: torch.device, dry: bool) -> dict:
 # ------------------------------------------------------------------------------------------- model
 def check_model(dev: torch.device, dry: bool, compile_decode: bool) -> dict:
     from rnope import ModelConfig, Transformer
-    from rnope.fast import Decoder
 
     torch.manual_seed(0)
     cfg = ModelConfig.from_preset("rnope-swa", **TINY) if dry else ModelConfig.from_preset(
@@ -167,28 +166,58 @@ def check_model(dev: torch.device, dry: bool, compile_decode: bool) -> dict:
     P, N = (20, 40) if dry else (300, 200)  # decode across the window boundary
     seq = torch.randint(0, cfg.vocab_size, (2, P + N), device=dev)
     warm, timed = 2, 20  # decode steps after the check: untimed (a new token layout), then timed
+    variants = [("decode_eager", False, False)] + ([("decode_compiled", True, False)] if compile_decode else [])
+    if compile_decode and dev.type == "cuda":
+        variants.append(("decode_cudagraphs", True, True))  # experimental: not part of `ok`
     with torch.no_grad():
         full = model(seq)
-        for comp in (False,) + ((True,) if compile_decode else ()):
-            cache = model.new_cache(2, P + N + warm + timed)
-            logits = [model(seq[:, :P], cache=cache)]
-            dec = Decoder(model, cache, compile=comp)
-            for i in range(P, P + N):
-                logits.append(dec(seq[:, i])[:, None])
-            err = maxerr(torch.cat(logits, 1), full)
-            tok = seq[:, -1]
-            for _ in range(warm):
-                tok = dec(tok).argmax(-1)
-            sync(dev)
-            t = time.perf_counter()
-            for _ in range(timed):
-                tok = dec(tok).argmax(-1)
-            sync(dev)
-            out["decode_compiled" if comp else "decode_eager"] = {"maxerr": err, "compiled": dec.compiled,
-                                                                  "ms_per_step": (time.perf_counter() - t) / timed * 1e3}
-            ok &= err <= 1e-3
+        for name, comp, graphs in variants:
+            try:
+                out[name] = _decode_variant(model, seq, full, P, N, warm, timed, comp, graphs, dev)
+            except Exception as e:
+                if not graphs:
+                    raise
+                out[name] = {"error": f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                continue
+            if not graphs:
+                ok &= out[name]["maxerr"] <= 1e-3
     out["ok"] = bool(ok)
     return out
+
+
+def _decode_variant(model, seq, full, P, N, warm, timed, comp, graphs, dev) -> dict:
+    """Prefill P tokens, decode N more (checked against ``full``), then time ``timed`` greedy steps.
+
+    ``graphs``: the compiled step under CUDA graphs (``mode="reduce-overhead"``), with the cache
+    buffers and the time tensor marked as static addresses so the graph may write them in place,
+    and each step's logits cloned before the next replay overwrites them."""
+    from rnope.fast import Decoder, decode_step
+
+    cache = model.new_cache(2, P + N + warm + timed)
+    logits = [model(seq[:, :P], cache=cache)]
+    dec = Decoder(model, cache, compile=comp)
+    step = dec
+    if graphs:
+        for buf in [dec._time, *(t for kv in dec.kv for t in kv)]:
+            torch._dynamo.mark_static_address(buf)
+        dec._fn = torch.compile(decode_step, mode="reduce-overhead", dynamic=False, fullgraph=True)
+
+        def step(tok):
+            torch.compiler.cudagraph_mark_step_begin()
+            return dec(tok).clone()
+
+    for i in range(P, P + N):
+        logits.append(step(seq[:, i])[:, None])
+    err = maxerr(torch.cat(logits, 1), full)
+    tok = seq[:, -1]
+    for _ in range(warm):
+        tok = step(tok).argmax(-1)
+    sync(dev)
+    t = time.perf_counter()
+    for _ in range(timed):
+        tok = step(tok).argmax(-1)
+    sync(dev)
+    return {"maxerr": err, "compiled": dec.compiled, "ms_per_step": (time.perf_counter() - t) / timed * 1e3}
 
 
 # ------------------------------------------------------------------------------------------- train
