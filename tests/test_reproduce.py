@@ -100,6 +100,11 @@ def test_verdicts_state_the_targets_and_call_a_rope_without_retrieval_vacuous():
     ms["rope"] = model("rope", [0.9, 0.5, 0.3, 0.0], [1.0] * 4, 4.0)
     ms["rnope-swa"]["niah"][str(4 * L)] = 0.5
     out = verdicts(ms, prof)
-    assert "- ❌ rope NIAH at 4×: 0.30 (target < 0.2: RoPE fails past its length)." in out
+    assert "- ❌ rope NIAH at 4×: 0.30 (target < 0.2: RoPE fails past its length — the long stage trained it at this length)." in out
     assert "- ❌ rnope-swa NIAH at 4× the training length: 0.50 (target ≥ 0.9)." in out
     assert "- ❌ rnope-swa val loss 4.148 vs rope 4.000 (+3.7%; target within 2%)." in out
+    # every profile but quick is judged at 8× (the target), quick at 4×
+    std = get_profile("standard")
+    assert std.niah_factors[-1] == 8 and std.long_factor == 4
+    out = verdicts(ms, std)
+    assert "- ✅ rnope-swa NIAH at 8× the training length: 0.90 (target ≥ 0.9)." in out

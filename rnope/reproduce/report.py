@@ -218,7 +218,7 @@ def verdicts(ms: dict, profile) -> list[str]:
     def niah(n, f):
         return ms.get(n, {}).get("niah", {}).get(str(f * L))
 
-    far = 8 if 8 in profile.niah_factors and profile.name == "full" else 4
+    far = 4 if profile.name == "quick" or 8 not in profile.niah_factors else 8  # the issue: 8×, quick 4×
     best1 = max((m["niah"].get(str(L), 0.0) for m in ms.values()), default=0.0)
     t1 = {n: m.get("niah_train_templates", {}).get(str(L)) for n, m in ms.items()}
     fluent = sorted(n for n, v in t1.items() if v is not None and v >= 0.9)
@@ -245,7 +245,8 @@ def verdicts(ms: dict, profile) -> list[str]:
                 out.append(f"- ⚠️ rope NIAH at {f}×: {v:.2f} (target < 0.2), but vacuous: rope scores {v1:.2f} at 1× with the "
                            f"evaluation template{extra} (the long stage trains at {profile.long_factor}×).")
             else:
-                out.append(f"- {'✅' if v < 0.2 else '❌'} rope NIAH at {f}×: {v:.2f} (target < 0.2: RoPE fails past its length).")
+                seen = " — the long stage trained it at this length" if f <= profile.long_factor else ""
+                out.append(f"- {'✅' if v < 0.2 else '❌'} rope NIAH at {f}×: {v:.2f} (target < 0.2: RoPE fails past its length{seen}).")
             break
     tt_far = {n: m.get("niah_train_templates", {}).get(str(far * L)) for n, m in ms.items()}
     if tt_far.get("rnope-swa") is not None and fluent:
