@@ -126,8 +126,8 @@ PROFILES: dict[str, Profile] = {
         ppl_factors=(1, 2, 4, 8), analysis_factors=(1, 4), analysis_samples=2, seeds=1,
         models=PAPER_MODELS,
     ),
-    # one seed, the recipe measured to teach retrieval (configs/retrieval.yaml's): 11-16 CPU-minutes per
-    # model, 54 min for the study on a 2-core CPU (docs/study-standard: rnope-swa 1.00 at 1x-8x)
+    # one seed, the recipe measured to teach retrieval (configs/retrieval.yaml's): 11-13 CPU-minutes per
+    # model, 45.5 min for the study on a 2-core CPU (docs/study-standard: at 8x rnope-swa 0.83, rope 0.33)
     "standard": Profile(
         name="standard", d_model=128, n_layer=4, n_head=4, n_kv_head=2, d_ff=384, window=64, vocab_size=1024,
         seq_len=256, batch_size=16, lr=2e-3, near_steps=400, far_steps=500, curriculum_seq_len=256, pretrain_steps=400,
@@ -139,8 +139,8 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
-# three seeds of `standard`'s recipe, 1x-16x, mean +- spread. Estimated at ~2.6 h on a 2-core CPU from
-# standard's measured per-model time (21 trainings of ~14 CPU-minutes, 2 at a time, plus ~10 min of
+# three seeds of `standard`'s recipe, 1x-16x, mean +- spread. Estimated at ~2.3 h on a 2-core CPU from
+# standard's measured training time (3 x 82.9 CPU-minutes, 2 at a time, plus ~10-15 min of
 # evaluation); not run end to end. On a GPU it scales up and adds the relatives (GPU_FULL)
 PROFILES["full"] = dataclasses.replace(
     PROFILES["standard"], name="full", seeds=3,
