@@ -73,8 +73,8 @@ print(f"{d.name}: {len(losses)} loss rows, first {losses[0]:.4f} last {losses[-1
 sys.exit(0 if ok else 1)
 EOF
 }
-R=/tmp/rnope_gpu_runs
-rm -rf $R
+R=$(mktemp -d -t rnope_gpu_runs.XXXX)
+
 if [ "${SKIP_CLI:-0}" != 1 ]; then
 timeout 150 $PY -m rnope train --config configs/debug.yaml --out $R/single --cache-dir $R/cache --compile >"$O/train_single.log" 2>&1
 note "train single --compile rc=$?"; check_run $R/single; note "  check rc=$?"
