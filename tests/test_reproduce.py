@@ -108,3 +108,39 @@ def test_verdicts_state_the_targets_and_call_a_rope_without_retrieval_vacuous():
     assert std.niah_factors[-1] == 8 and std.long_factor == 4
     out = verdicts(ms, std)
     assert "- ✅ rnope-swa NIAH at 8× the training length: 0.90 (target ≥ 0.9)." in out
+    # rope at 4× was trained there by the long stage: the first length past it is checked too
+    assert "- ✅ rope NIAH at 8×, past the long stage's 4×: 0.00 (target < 0.2)." in out
+    ms["rope"]["niah"][str(8 * L)] = 0.25
+    assert "- ❌ rope NIAH at 8×, past the long stage's 4×: 0.25 (target < 0.2)." in verdicts(ms, std)
+
+
+def test_seeds_are_aggregated_into_mean_and_spread_in_every_table():
+    from rnope.reproduce.profiles import get_profile
+    from rnope.reproduce.report import build_results, render
+
+    prof = get_profile("smoke")
+
+    def ev(seed, x):  # one seed's evaluation of a model, every number shifted by x
+        seg = {"begin": 0.1 + x, "needle": 0.2 - x, "context": 0.4, "end": 0.3}
+        return {"train_seq_len": 256, "preset": "rnope-swa", "parameters": 1000, "seed": seed, "val_loss": 4.0 + x,
+                "niah": {"256": 1.0, "512": 0.5 + x}, "niah_train_templates": {"256": 1.0, "512": 1.0},
+                "ruler": {"512": 10.0 + 100 * x}, "ppl": {"256": 50.0, "512": 60.0 + 100 * x},
+                "kv_speed": {"length": 512, "kv_bytes": 1, "kv_ratio": 0.3, "decode_tok_s": 100.0},
+                "analysis": [{"length": L, "segments": {"all": seg, "nope_layers": seg, "rope_layers": seg},
+                              "entropy": {"all": 3.0 + 10 * x}} for L in (256, 512)]}
+
+    setup = {"seeds": 2, "minutes": 1.0, "train_seconds": 60.0, "machine": "test"}
+    res = build_results(prof, {"rnope-swa#seed0": ev(0, 0.0), "rnope-swa#seed1": ev(1, 0.1)}, setup)
+    m = res["models"]["rnope-swa"]
+    assert m["seeds"] == 2 and m["val_loss"] == pytest.approx(4.05)
+    assert m["spread"]["val_loss"] == pytest.approx(0.1 / 2**0.5)
+    assert m["segments"]["512"]["all"]["needle"] == pytest.approx(0.15)
+    assert m["spread"]["segments"]["512"]["nope_layers"]["begin"] == pytest.approx(0.1 / 2**0.5)
+    assert m["spread"]["entropy"]["256"] == pytest.approx(1 / 2**0.5)
+    report = render(res, prof)
+    assert "mean ± sample standard deviation over the 2 seeds" in report
+    assert "| rnope-swa | 4.050 ± 0.071 | – | 1.00 | 0.55 ± 0.07 | – |" in report  # Table 2
+    assert "| rnope-swa | 512 | 0.1500 ± 0.0707 | 0.1500 ± 0.0707 | 0.4000 | 0.3000 | – |" in report  # segments
+    assert "| rnope-swa | 3.50 ± 0.71 | 3.50 ± 0.71 | – |" in report  # entropy
+    assert "| rnope-swa | 0.1500 ± 0.0707 | 0.3000 | 0.1500 ± 0.0707 | 0.3000 | 0.55 ± 0.07 | 0.0742 · 0.0321 · – · – · 9.56 |" in report
+    assert "| rnope-swa | 15.0 ± 7.1 |" in report and "| rnope-swa | 50.00 | 65.00 ± 7.07 |" in report  # RULER, ppl

@@ -91,11 +91,13 @@ def build_results(profile, evals: dict[str, dict], setup: dict) -> dict[str, Any
                 m[key][L], m["spread"][key][L] = _agg([r.get(key, {}).get(L) for r in rs])
         m["kv_speed"] = rs[0]["kv_speed"]
         m["segments"], m["entropy"], m["labour"] = {}, {}, {}
+        m["spread"]["segments"], m["spread"]["entropy"] = {}, {}
         for i, a in enumerate(rs[0]["analysis"]):
             L = str(a["length"])
-            m["segments"][L] = {g: {k: _agg([r["analysis"][i]["segments"][g][k] for r in rs])[0] for k in SEG}
-                                for g in a["segments"]}
-            m["entropy"][L] = _agg([r["analysis"][i]["entropy"]["all"] for r in rs])[0]
+            seg = {g: {k: _agg([r["analysis"][i]["segments"][g][k] for r in rs]) for k in SEG} for g in a["segments"]}
+            m["segments"][L] = {g: {k: v[0] for k, v in d.items()} for g, d in seg.items()}
+            m["spread"]["segments"][L] = {g: {k: v[1] for k, v in d.items()} for g, d in seg.items()}
+            m["entropy"][L], m["spread"]["entropy"][L] = _agg([r["analysis"][i]["entropy"]["all"] for r in rs])
         models[name] = m
     return {"profile": profile.name, "setup": setup, "models": models}
 
@@ -110,6 +112,11 @@ def _pm(x, s, d=3) -> str:
     if s is None or (isinstance(s, float) and (math.isnan(s) or s == 0.0)):
         return _f(x, d)
     return f"{_f(x, d)} ± {_f(s, d)}"
+
+
+def _spread(m: dict, key: str, length: str):
+    """A model's seed spread for ``key`` at ``length`` ({} / None where results predate spreads)."""
+    return m.get("spread", {}).get(key, {}).get(length, {} if key == "segments" else None)
 
 
 def render(results: dict, profile) -> str:
@@ -148,7 +155,9 @@ def render(results: dict, profile) -> str:
         niah = [_pm(m["niah"].get(str(f * L)), m["spread"]["niah"].get(str(f * L)), 2) for f in facs]
         lines.append(f"| {n} | {_pm(m['val_loss'], m['spread']['val_loss'])} | {_f(PAPER_VAL.get(n), 2)} | " + " | ".join(niah)
                      + f" | {_f(PAPER_NEEDLES_65K.get(n), 2)} |")
-    lines += ["", "NIAH = passkey accuracy averaged over depths (EVAL.md template, greedy, exact value).", ""]
+    lines += ["", "NIAH = passkey accuracy averaged over depths (EVAL.md template, greedy, exact value)."
+              + (f" Every table: mean ± sample standard deviation over the {setup['seeds']} seeds (a bare number: no spread)."
+                 if setup.get("seeds", 1) > 1 else ""), ""]
     if any("niah_train_templates" in m for m in ms.values()):
         lines += ["Diagnostic — the same grid built from the *training* templates and filler (not a paper metric): it tells "
                   "a model that cannot retrieve from one that retrieves but does not carry the skill to the unseen "
@@ -164,16 +173,17 @@ def render(results: dict, profile) -> str:
               "| model | length | begin | needle | context | end | paper (8k / 32k) begin·needle·context·end |", "|---|---|---|---|---|---|---|"]
     for n, m in ms.items():
         for Ls, seg in m["segments"].items():
-            a = seg.get("all", {})
+            a, sa = seg.get("all", {}), _spread(m, "segments", Ls).get("all", {})
             paper = PAPER_SEGMENTS.get(n)
             ptxt = " / ".join("·".join(f"{v:g}" for v in paper[k]) for k in ("8k", "32k")) if paper else "–"
-            lines.append(f"| {n} | {Ls} | " + " | ".join(_f(a.get(k), 4) for k in SEG) + f" | {ptxt} |")
+            lines.append(f"| {n} | {Ls} | " + " | ".join(_pm(a.get(k), sa.get(k), 4) for k in SEG) + f" | {ptxt} |")
     lines += ["", "![segment mass](figures/segments.png)", "", "## Attention entropy (nats, End queries, mean over layers and heads)", "",
               "| model | " + " | ".join(str(f * L) for f in profile.analysis_factors) + " | paper 8k / 32k / 128k |",
               "|---|" + "---|" * (len(profile.analysis_factors) + 1)]
     for n, m in ms.items():
         p = PAPER_ENTROPY.get(n)
-        lines.append(f"| {n} | " + " | ".join(_f(m["entropy"].get(str(f * L)), 2) for f in profile.analysis_factors)
+        lines.append(f"| {n} | " + " | ".join(_pm(m["entropy"].get(str(f * L)), _spread(m, "entropy", str(f * L)), 2)
+                                              for f in profile.analysis_factors)
                      + f" | {' / '.join(map(str, p)) if p else '–'} |")
     # ---- division of labour
     Lx = str(max(profile.analysis_factors) * L)
@@ -181,12 +191,11 @@ def render(results: dict, profile) -> str:
               "| model | NoPE-layer needle | NoPE-layer end | RoPE-layer needle | RoPE-layer end | NIAH at that length | paper row |",
               "|---|---|---|---|---|---|---|"]
     for n, m in ms.items():
-        seg = m["segments"].get(Lx, {})
-        nope, rope = seg.get("nope_layers", {}), seg.get("rope_layers", {})
+        seg, sd = m["segments"].get(Lx, {}), _spread(m, "segments", Lx)
+        cells = [_pm(seg.get(g, {}).get(k), sd.get(g, {}).get(k), 4) for g in ("nope_layers", "rope_layers") for k in ("needle", "end")]
         p = PAPER_LABOUR.get(n)
         ptxt = " · ".join("–" if v is None else _f(v, 4 if i < 4 else 2) for i, v in enumerate(p)) if p else "–"
-        lines.append(f"| {n} | {_f(nope.get('needle'), 4)} | {_f(nope.get('end'), 4)} | {_f(rope.get('needle'), 4)} | "
-                     f"{_f(rope.get('end'), 4)} | {_f(m['niah'].get(Lx), 2)} | {ptxt} |")
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {_pm(m['niah'].get(Lx), m['spread']['niah'].get(Lx), 2)} | {ptxt} |")
     # ---- RULER, ppl, KV
     rl = sorted({int(k) for m in ms.values() for k in m["ruler"]})
     lines += ["", f"## RULER synthetic subset ({', '.join(profile.ruler_tasks)}), mean score × 100", "",
@@ -197,7 +206,7 @@ def render(results: dict, profile) -> str:
     lines += ["", "## Perplexity vs evaluation length (same final tokens scored at every length)", "",
               "| model | " + " | ".join(map(str, pl)) + " |", "|---|" + "---|" * len(pl)]
     for n, m in ms.items():
-        lines.append(f"| {n} | " + " | ".join(_f(m["ppl"].get(str(x)), 2) for x in pl) + " |")
+        lines.append(f"| {n} | " + " | ".join(_pm(m["ppl"].get(str(x)), m["spread"]["ppl"].get(str(x)), 2) for x in pl) + " |")
     lines += ["", "![perplexity vs length](figures/ppl.png)", "", "## KV cache and decode speed at the longest NIAH length", "",
               "| model | length | KV bytes | of full attention | theory 0.25+0.75·W/L (RNoPE-SWA) | decode tok/s |", "|---|---|---|---|---|---|"]
     note = ("Decode tok/s is one 32-token run per model, measured while other work may share the CPU: "
@@ -247,6 +256,12 @@ def verdicts(ms: dict, profile) -> list[str]:
             else:
                 seen = " — the long stage trained it at this length" if f <= profile.long_factor else ""
                 out.append(f"- {'✅' if v < 0.2 else '❌'} rope NIAH at {f}×: {v:.2f} (target < 0.2: RoPE fails past its length{seen}).")
+                # the cleaner test: the first length past every position the long stage trained
+                g = min((h for h in profile.niah_factors if h > max(f, profile.long_factor)), default=None)
+                if f <= profile.long_factor and g is not None and niah("rope", g) is not None:
+                    w = niah("rope", g)
+                    out.append(f"- {'✅' if w < 0.2 else '❌'} rope NIAH at {g}×, past the long stage's {profile.long_factor}×: "
+                               f"{w:.2f} (target < 0.2).")
             break
     tt_far = {n: m.get("niah_train_templates", {}).get(str(far * L)) for n, m in ms.items()}
     if tt_far.get("rnope-swa") is not None and fluent:
