@@ -144,3 +144,27 @@ def test_seeds_are_aggregated_into_mean_and_spread_in_every_table():
     assert "| rnope-swa | 3.50 ± 0.71 | 3.50 ± 0.71 | – |" in report  # entropy
     assert "| rnope-swa | 0.1500 ± 0.0707 | 0.3000 | 0.1500 ± 0.0707 | 0.3000 | 0.55 ± 0.07 | 0.0742 · 0.0321 · – · – · 9.56 |" in report
     assert "| rnope-swa | 15.0 ± 7.1 |" in report and "| rnope-swa | 50.00 | 65.00 ± 7.07 |" in report  # RULER, ppl
+
+
+def test_segment_verdicts_follow_the_papers_comparisons():
+    from rnope.reproduce.profiles import get_profile
+    from rnope.reproduce.report import verdicts
+
+    prof = get_profile("quick")
+    Lx = str(max(prof.analysis_factors) * prof.seq_len)
+
+    def model(preset, needle, entropy):
+        return {"preset": preset, "niah": {}, "segments": {Lx: {"all": {"needle": needle}}}, "entropy": {Lx: entropy}}
+
+    ms = {"rope": model("rope", 0.0297, 4.01), "nope": model("nope", 0.0397, 6.17), "qknorm": model("qknorm", 0.0796, 5.09)}
+    out = verdicts(ms, prof)
+    assert f"- ❌ NoPE puts the most mass on the needle at {Lx}: nope 0.0397, rope 0.0297, qknorm 0.0796." in out
+    assert f"- ❌ QK-Norm has the least needle mass at {Lx}: qknorm 0.0796, rope 0.0297, nope 0.0397." in out
+    assert (f"- ✅ QK-Norm has higher attention entropy than RoPE at {Lx} (the paper's comparison: 10.71 vs 6.02 at 8k): "
+            "qknorm 5.09, rope 4.01; but not higher than NoPE (6.17, not measured in the paper).") in out
+    ms["qknorm"] = model("qknorm", 0.01, 7.0)
+    out = verdicts(ms, prof)
+    assert f"- ✅ NoPE puts the most mass on the needle at {Lx}: nope 0.0397, rope 0.0297, qknorm 0.0100." in out
+    assert f"- ✅ QK-Norm has the least needle mass at {Lx}: qknorm 0.0100, rope 0.0297, nope 0.0397." in out
+    assert any(line.startswith("- ✅ QK-Norm has higher attention entropy") and line.endswith("and higher than NoPE (6.17, not measured in the paper).")
+               for line in out)
