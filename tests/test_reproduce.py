@@ -78,6 +78,14 @@ def test_launch_threads_gives_the_tail_of_an_uneven_split_the_idle_cores():
     assert [launch_threads(i, 3, 1, 2) for i in range(3)] == [2, 2, 2]
 
 
+def test_training_eta_counts_the_parallel_jobs():
+    from rnope.reproduce.runner import training_eta
+
+    assert training_eta([800.0, 900.0], 20, 2) == 850.0 * 10  # 20 left, two at a time
+    assert training_eta([600.0], 1, 2) == 600.0  # the last one runs alone
+    assert training_eta([], 5, 2) == 0.0 and training_eta([600.0], 0, 2) == 0.0
+
+
 def test_verdicts_state_the_targets_and_call_a_rope_without_retrieval_vacuous():
     from rnope.reproduce.profiles import get_profile
     from rnope.reproduce.report import verdicts

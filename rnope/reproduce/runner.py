@@ -142,15 +142,15 @@ class Study:
         jobs = max(1, min(self.jobs, len(todo)))
         cores = os.cpu_count() or 2
         self.say(f"training {len(todo)} model(s), {jobs} at a time, {max(1, cores // jobs)} thread(s) each")
-        finished = 0
+        finished, done_secs = 0, []
         with ThreadPoolExecutor(jobs) as pool:  # starts its tasks in submission order
             futures = {pool.submit(self.train_one, m, s, n, launch_threads(i, len(todo), jobs, cores)): n
                        for i, (m, s, n) in enumerate(todo)}
             for fut in futures:
                 secs = fut.result()
                 finished += 1
-                el = time.time() - self.t0
-                eta = el / finished * (len(todo) - finished)
+                done_secs.append(secs)
+                eta = training_eta(done_secs, len(todo) - finished, jobs)
                 self.say(f"trained {futures[fut]} ({secs:.0f} s); {finished}/{len(todo)} done, training ETA {eta / 60:.1f} min")
 
     # ---- evaluation ---------------------------------------------------------------------------
@@ -211,6 +211,13 @@ class Study:
             out[n] = self.evaluate_one(m, s, n)
             self.say(f"evaluated {n} ({time.time() - t:.0f} s); {i + 1}/{len(names)}")
         return out
+
+
+def training_eta(done_secs: list[float], remaining: int, jobs: int) -> float:
+    """Seconds until the remaining trainings finish: the mean training time so far, ``jobs`` at a time."""
+    if not done_secs or remaining <= 0:
+        return 0.0
+    return sum(done_secs) / len(done_secs) * remaining / max(1, min(jobs, remaining))
 
 
 def launch_threads(i: int, n: int, jobs: int, cores: int) -> int:
