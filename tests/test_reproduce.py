@@ -147,6 +147,7 @@ def test_seeds_are_aggregated_into_mean_and_spread_in_every_table():
     assert m["spread"]["entropy"]["256"] == pytest.approx(1 / 2**0.5)
     report = render(res, prof)
     assert "mean ± sample standard deviation over the 2 seeds" in report
+    assert "![NIAH rnope-swa (seed 0)](figures/niah_rnope-swa%23seed0.png)" in report  # the file niah_rnope-swa#seed0.png
     assert "| rnope-swa | 4.050 ± 0.071 | – | 1.00 | 0.55 ± 0.07 | – |" in report  # Table 2
     assert "| rnope-swa | 512 | 0.1500 ± 0.0707 | 0.1500 ± 0.0707 | 0.4000 | 0.3000 | – |" in report  # segments
     assert "| rnope-swa | 3.50 ± 0.71 | 3.50 ± 0.71 | – |" in report  # entropy

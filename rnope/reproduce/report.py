@@ -167,7 +167,11 @@ def render(results: dict, profile) -> str:
             t = m.get("niah_train_templates", {})
             lines.append(f"| {n} | " + " | ".join(_f(t.get(str(f * L)), 2) for f in facs) + " |")
         lines.append("")
-    lines += [f"![NIAH {n}](figures/niah_{n}.png)" for n in ("rope", "rnope-swa", "swa") if n in ms] + [""]
+    # one heat map per evaluated model; with several seeds the files are niah_NAME#seedK.png: show seed 0
+    # ('#' escaped as %23, else the link would end at a URL fragment)
+    multi = setup.get("seeds", 1) > 1
+    lines += [f"![NIAH {n}{' (seed 0)' if multi else ''}](figures/niah_{n}{'%23seed0' if multi else ''}.png)"
+              for n in ("rope", "rnope-swa", "swa") if n in ms] + [""]
     # ---- segments
     lines += ["## Attention mass by segment (End queries; all layers and heads)", "",
               "| model | length | begin | needle | context | end | paper (8k / 32k) begin·needle·context·end |", "|---|---|---|---|---|---|---|"]
