@@ -26,6 +26,8 @@ def test_results_schema_and_report_sections(study):
         assert set(m["niah"]) == {"256", "512"} and all(0.0 <= v <= 1.0 for v in m["niah"].values())
         assert set(m["niah_train_templates"]) == {"256", "512"}  # the training-template diagnostic grid
         assert set(m["ruler"]) == {"512"} and 0.0 < m["val_loss"] < 10.0
+        # 256 is too short for one RULER task: that length is skipped for all of them, with the reason
+        assert m["ruler_skipped"] == {"256": "length 256 is too short for task 'niah_multikey_1': the template alone needs 368 tokens"}
         for L, seg in m["segments"].items():
             assert abs(sum(seg["all"].values()) - 1.0) < 1e-3
     swa = res["models"]["rnope-swa"]
@@ -37,6 +39,7 @@ def test_results_schema_and_report_sections(study):
                     "## Division of labour", "## RULER", "## Perplexity", "## KV cache", "## What reproduced and what did not"):
         assert heading in report
     assert "| rope | " in report.split("Diagnostic — the same grid built from the *training* templates")[1]
+    assert "Not evaluated at 256 tokens: length 256 is too short for task 'niah_multikey_1': the template alone needs 368 tokens." in report
     for fig in ("ppl.png", "segments.png", "niah_rope.png", "niah_rnope-swa.png"):
         assert (study / "figures" / fig).stat().st_size > 1000
 

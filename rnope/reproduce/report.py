@@ -90,6 +90,8 @@ def build_results(profile, evals: dict[str, dict], setup: dict) -> dict[str, Any
             for L in rs[0][key]:
                 m[key][L], m["spread"][key][L] = _agg([r.get(key, {}).get(L) for r in rs])
         m["kv_speed"] = rs[0]["kv_speed"]
+        if rs[0].get("ruler_skipped"):
+            m["ruler_skipped"] = rs[0]["ruler_skipped"]
         m["segments"], m["entropy"], m["labour"] = {}, {}, {}
         m["spread"]["segments"], m["spread"]["entropy"] = {}, {}
         for i, a in enumerate(rs[0]["analysis"]):
@@ -206,6 +208,9 @@ def render(results: dict, profile) -> str:
               "| model | " + " | ".join(map(str, rl)) + " |", "|---|" + "---|" * len(rl)]
     for n, m in ms.items():
         lines.append(f"| {n} | " + " | ".join(_pm(m["ruler"].get(str(x)), m["spread"]["ruler"].get(str(x)), 1) for x in rl) + " |")
+    skipped = next((m["ruler_skipped"] for m in ms.values() if m.get("ruler_skipped")), {})
+    if skipped:
+        lines += [""] + [f"Not evaluated at {k} tokens: {v}." for k, v in skipped.items()]
     pl = sorted({int(k) for m in ms.values() for k in m["ppl"]})
     lines += ["", "## Perplexity vs evaluation length (same final tokens scored at every length)", "",
               "| model | " + " | ".join(map(str, pl)) + " |", "|---|" + "---|" * len(pl)]
