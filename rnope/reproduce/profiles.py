@@ -139,9 +139,8 @@ PROFILES: dict[str, Profile] = {
     ),
 }
 
-# three seeds of `standard`'s recipe, 1x-16x, mean +- spread. Estimated at ~2.3 h on a 2-core CPU from
-# standard's measured training time (3 x 82.9 CPU-minutes, 2 at a time, plus ~10-15 min of
-# evaluation); not run end to end. On a GPU it scales up and adds the relatives (GPU_FULL)
+# three seeds of `standard`'s recipe, 1x-16x, mean +- spread: 158.6 min measured on a 2-core CPU
+# (docs/study-full; 282 training-minutes, 2 at a time). On a GPU it scales up and adds the relatives (GPU_FULL)
 PROFILES["full"] = dataclasses.replace(
     PROFILES["standard"], name="full", seeds=3,
     niah_factors=(1, 2, 4, 8, 16), niah_depths=(0.0, 25.0, 50.0, 75.0, 100.0), niah_samples=4,
