@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 
@@ -27,7 +28,11 @@ def test_results_schema_and_report_sections(study):
         assert set(m["niah_train_templates"]) == {"256", "512"}  # the training-template diagnostic grid
         assert set(m["ruler"]) == {"512"} and 0.0 < m["val_loss"] < 10.0
         # 256 is too short for one RULER task: that length is skipped for all of them, with the reason
-        assert m["ruler_skipped"] == {"256": "length 256 is too short for task 'niah_multikey_1': the template alone needs 368 tokens"}
+        # (the count depends on the tokenizer, trained on this Python's own files: 368 on 3.11, 367 on 3.12)
+        assert set(m["ruler_skipped"]) == {"256"}
+        msg = m["ruler_skipped"]["256"]
+        need = re.fullmatch(r"length 256 is too short for task 'niah_multikey_1': the template alone needs (\d+) tokens", msg)
+        assert need and int(need.group(1)) > 256, msg
         for L, seg in m["segments"].items():
             assert abs(sum(seg["all"].values()) - 1.0) < 1e-3
     swa = res["models"]["rnope-swa"]
@@ -39,7 +44,7 @@ def test_results_schema_and_report_sections(study):
                     "## Division of labour", "## RULER", "## Perplexity", "## KV cache", "## What reproduced and what did not"):
         assert heading in report
     assert "| rope | " in report.split("Diagnostic — the same grid built from the *training* templates")[1]
-    assert "Not evaluated at 256 tokens: length 256 is too short for task 'niah_multikey_1': the template alone needs 368 tokens." in report
+    assert f"Not evaluated at 256 tokens: {swa['ruler_skipped']['256']}." in report
     for fig in ("ppl.png", "segments.png", "niah_rope.png", "niah_rnope-swa.png"):
         assert (study / "figures" / fig).stat().st_size > 1000
 
