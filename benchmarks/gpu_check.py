@@ -16,7 +16,8 @@ is recorded as skipped rather than overrunning. Sections:
    logits and gradients; cached decode (:class:`rnope.fast.Decoder`, eager and compiled) vs the
    uncached forward.
 3. **train** — a ≈125M-parameter rnope-swa (12 layers, d_model 768, 12 heads, 4 KV heads, d_ff 3072,
-   vocab 32768, window 1024) at T = 8192: bf16 autocast, fused AdamW, ``torch.compile``; tokens/s
+   vocab 32768, window 1024) at T = 8192, batch 8: bf16 autocast, fused AdamW, ``torch.compile`` of
+   the forward with its loss (``model(x, targets=y)``, as the trainer runs it); tokens/s
    and MFU = (6·N + attention FLOPs over the visible keys)·tokens / time, against the best bf16
    ``torch.mm`` measured here and against the card's nominal dense bf16 peak.
 
@@ -188,24 +189,15 @@ def check_model(dev: torch.device, dry: bool, compile_decode: bool) -> dict:
 def _decode_variant(model, seq, full, P, N, warm, timed, comp, graphs, dev) -> dict:
     """Prefill P tokens, decode N more (checked against ``full``), then time ``timed`` greedy steps.
 
-    ``graphs``: the compiled step under CUDA graphs (``mode="reduce-overhead"``), with the cache
-    buffers and the time tensor marked as static addresses so the graph may write them in place,
-    and each step's logits cloned before the next replay overwrites them."""
-    from rnope.fast import Decoder, decode_step
+    ``graphs``: the library's CUDA-graph decode (``Decoder(cuda_graphs=True)``: the compiled step
+    under ``mode="reduce-overhead"``, the cache buffers static, each step's logits copied)."""
+    from rnope.fast import Decoder
 
     cache = model.new_cache(2, P + N + warm + timed)
     logits = [model(seq[:, :P], cache=cache)]
-    dec = Decoder(model, cache, compile=comp)
-    step = dec
-    if graphs:
-        for buf in [dec._time, *(t for kv in dec.kv for t in kv)]:
-            torch._dynamo.mark_static_address(buf)
-        dec._fn = torch.compile(decode_step, mode="reduce-overhead", dynamic=False, fullgraph=True)
-
-        def step(tok):
-            torch.compiler.cudagraph_mark_step_begin()
-            return dec(tok).clone()
-
+    step = Decoder(model, cache, compile=comp, cuda_graphs=graphs)
+    if graphs and not step.graphs:
+        raise RuntimeError("Decoder(cuda_graphs=True) did not enable CUDA graphs")
     for i in range(P, P + N):
         logits.append(step(seq[:, i])[:, None])
     err = maxerr(torch.cat(logits, 1), full)
@@ -217,7 +209,7 @@ def _decode_variant(model, seq, full, P, N, warm, timed, comp, graphs, dev) -> d
     for _ in range(timed):
         tok = step(tok).argmax(-1)
     sync(dev)
-    return {"maxerr": err, "compiled": dec.compiled, "ms_per_step": (time.perf_counter() - t) / timed * 1e3}
+    return {"maxerr": err, "compiled": step.compiled, "cuda_graphs": step.graphs, "ms_per_step": (time.perf_counter() - t) / timed * 1e3}
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -240,8 +232,13 @@ def flops_per_token(cfg, T: int) -> float:
     return train_flops_per_token(cfg, T)[0]
 
 
-def train_variant(dev: torch.device, cfg, impl: str, compile: bool, deadline: Deadline, batch: int, steps: int) -> dict:
-    """Time one training step setup: forward, fp32 cross-entropy, backward, clip, fused AdamW."""
+def train_variant(dev: torch.device, cfg, impl: str, compile: bool, deadline: Deadline, batch: int, steps: int,
+                  loss_in_graph: bool = True) -> dict:
+    """Time one training step setup: forward, fp32 cross-entropy, backward, clip, fused AdamW.
+
+    ``loss_in_graph``: the trainer's way, ``model(x, targets=y)``: the cross-entropy compiles with the
+    model, so inductor fuses the fp32 upcast and log-softmax instead of keeping fp32 logits. False:
+    logits out of the compiled model, the loss outside (how the first GPU runs measured)."""
     from rnope import Transformer
 
     cuda = dev.type == "cuda"
@@ -250,23 +247,32 @@ def train_variant(dev: torch.device, cfg, impl: str, compile: bool, deadline: De
     model = Transformer(cfg).to(dev).train()
     model.attn_impl = impl
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
-    fwd = torch.compile(model, dynamic=False) if compile else model
+
+    def model_loss(inp, tgt):
+        return model(inp, targets=tgt)
+
+    if loss_in_graph:
+        fwd_loss = torch.compile(model_loss, dynamic=False) if compile else model_loss
+    else:
+        fwd = torch.compile(model, dynamic=False) if compile else model
+
+        def fwd_loss(inp, tgt):
+            return F.cross_entropy(fwd(inp).float().flatten(0, 1), tgt.flatten())
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     x = torch.randint(0, cfg.vocab_size, (batch, T + 1), device=dev)
-    out: dict = {"attn_impl": impl, "compiled": compile, "losses": []}
+    out: dict = {"attn_impl": impl, "compiled": compile, "loss_in_graph": loss_in_graph, "losses": []}
 
     def step() -> float:
         sync(dev)
         t = time.perf_counter()
         with amp:
-            logits = fwd(x[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten())
+            loss = fwd_loss(x[:, :-1], x[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync(dev)
-        out["losses"].append(float(loss))
+        out["losses"].append(float(loss.detach()))
         return time.perf_counter() - t
 
     if cuda:
@@ -285,11 +291,11 @@ def train_variant(dev: torch.device, cfg, impl: str, compile: bool, deadline: De
     tok = batch * T
     out.update(step_s=dt, step_s_all=ts, tok_per_s=tok / dt, max_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                loss_finite=all(math.isfinite(v) for v in out["losses"]))
-    del model, opt, fwd
     return out
 
 
-def check_train(dev: torch.device, dry: bool, compile: bool, deadline: Deadline, batch: int, steps: int) -> dict:
+def check_train(dev: torch.device, dry: bool, compile: bool, deadline: Deadline, batch: int, steps: int,
+                loss_in_graph: bool = True) -> dict:
     """≈125M rnope-swa at T=8192 (tiny on the dry run): FlexAttention, then the blockwise SDPA path
     if the deadline allows; MFU of each against the measured bf16 mm peak and the nominal one."""
     from rnope import ModelConfig
@@ -309,7 +315,7 @@ def check_train(dev: torch.device, dry: bool, compile: bool, deadline: Deadline,
             out["variants"][impl] = {"skipped": f"deadline ({deadline.left():.0f}s left)"}
             continue
         try:
-            r = train_variant(dev, cfg, impl, compile, deadline, batch, steps)
+            r = train_variant(dev, cfg, impl, compile, deadline, batch, steps, loss_in_graph)
         except Exception as e:
             r = {"error": f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                  "traceback": traceback.format_exc().splitlines()[-6:]}
@@ -333,8 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (no CUDA needed)")
     ap.add_argument("--budget-s", type=float, default=270.0, help="deadline for all sections (seconds)")
-    ap.add_argument("--batch", type=int, default=2, help="training batch (sequences of 8192 tokens)")
+    ap.add_argument("--batch", type=int, default=8, help="training batch (sequences of 8192 tokens; 8 = 27 GB with the loss in the graph, the best MFU measured)")
     ap.add_argument("--steps", type=int, default=8, help="timed training steps")
+    ap.add_argument("--loss-outside-graph", action="store_true",
+                    help="training: the loss outside the compiled model (fp32 logits kept), for an A/B against the default")
     ap.add_argument("--no-compile", action="store_true", help="eager training step and decode")
     ap.add_argument("--json", default=None, help="also write the summary here")
     ap.add_argument("--sections", default="kernels,model,train",
@@ -357,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     known = {
         "kernels": (30, lambda: check_kernels(dev, dry)),
         "model": (60 if compile else 15, lambda: check_model(dev, dry, compile)),
-        "train": (90 if compile else 20, lambda: check_train(dev, dry, compile, deadline, a.batch, a.steps)),
+        "train": (90 if compile else 20, lambda: check_train(dev, dry, compile, deadline, a.batch, a.steps, not a.loss_outside_graph)),
     }
     names = [n.strip() for n in a.sections.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]

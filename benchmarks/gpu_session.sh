@@ -53,7 +53,7 @@ for k in ("decode_eager", "decode_compiled"):
 t = s.get("train", {})
 print("  train", {k: t.get(k) for k in ("params", "batch", "seq_len", "mm_peak_tflops", "nominal_bf16_tflops", "error")})
 for name, r in t.get("variants", {}).items():
-    keys = ("first_step_s", "step_s", "tok_per_s", "achieved_tflops", "mfu_vs_measured_mm", "mfu_vs_nominal", "max_memory_gb", "error", "skipped", "note")
+    keys = ("loss_in_graph", "first_step_s", "step_s", "tok_per_s", "achieved_tflops", "mfu_vs_measured_mm", "mfu_vs_nominal", "max_memory_gb", "error", "skipped", "note")
     print(f"  train[{name}]", {k: (round(r[k], 4) if isinstance(r[k], float) else r[k]) for k in keys if k in r})
 EOF
 

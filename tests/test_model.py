@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rnope import ModelConfig, Transformer
+from rnope.fast import compile_available
 
 from .conftest import CORE_PRESETS, TINY, left_padded_rows, tiny_model
 
@@ -129,3 +130,68 @@ def test_meta_device_build():
     with torch.device("meta"):
         model = Transformer(ModelConfig.from_preset("rnope-swa", n_layer=8))
     assert all(p.is_meta for p in model.parameters())
+
+
+def _reference_loss(model, x, y, reduction):
+    logits = model(x)
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_targets_give_the_cross_entropy_of_the_logits(reduction):
+    """``model(x, targets=y)`` (the trainer's call: the loss inside forward, so it compiles with the
+    model) equals cross-entropy of the logits, ignored targets (-100) left out, and so do the grads."""
+    model = tiny_model("rnope-swa").train()
+    x = torch.randint(0, TINY["vocab_size"], (2, 3 * W))
+    y = torch.randint(0, TINY["vocab_size"], (2, 3 * W))
+    y[0, :5] = -100
+    y[1, -3:] = -100
+    got = model(x, targets=y, reduction=reduction)
+    got.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    want = _reference_loss(model, x, y, reduction)
+    want.backward()
+    assert got.dtype == torch.float32 and got.shape == ()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=0, atol=0)
+    n = int((y != -100).sum())
+    assert n == y.numel() - 8
+    if reduction == "mean":  # the mean is over the kept targets only
+        torch.testing.assert_close(got * n, _reference_loss(model, x, y, "sum").detach(), rtol=1e-6, atol=1e-5)
+
+
+def test_targets_bad_inputs():
+    model = tiny_model("rnope-swa")
+    x = torch.randint(0, TINY["vocab_size"], (2, 5))
+    with pytest.raises(ValueError, match=r"^targets must have the tokens' shape \(2, 5\), got \(2, 4\)$"):
+        model(x, targets=x[:, :4])
+    with pytest.raises(ValueError, match=r"^targets must have the tokens' shape \(2, 5\), got list$"):
+        model(x, targets=[[1]])
+    with pytest.raises(ValueError, match=r"^targets must be integer ids, got dtype torch.float32$"):
+        model(x, targets=x.float())
+    with pytest.raises(ValueError, match=r"^targets cannot be combined with logits_to_keep \(the loss needs every position\)$"):
+        model(x, targets=x, logits_to_keep=1)
+    with pytest.raises(ValueError, match=r"^reduction must be 'mean' or 'sum', got 'none'$"):
+        model(x, targets=x, reduction="none")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler")
+def test_compiled_loss_in_graph_equals_eager():
+    """The trainer compiles ``fwd(x, targets=y)``: one graph with the loss, same value and grads."""
+    model = tiny_model("rnope-swa").train()
+    x = torch.randint(0, TINY["vocab_size"], (2, 3 * W))
+    y = torch.randint(0, TINY["vocab_size"], (2, 3 * W))
+    y[:, :2] = -100
+    want = model(x, targets=y, reduction="sum")
+    want.backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch._dynamo.reset()
+    got = torch.compile(model, dynamic=False, fullgraph=True)(x, targets=y, reduction="sum")
+    got.backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    for g, p in zip(ref, model.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-4)

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
+from ..model import IGNORE_INDEX
 from .common import check_split, item_rng
 
 __all__ = ["IGNORE_INDEX", "copy_batch", "copy_task", "mqar", "mqar_batch"]
 
-IGNORE_INDEX = -100
 
 
 def _halves(vocab_size: int, first_id: int) -> tuple[range, range]:

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..config import ModelConfig
 from ..model import Transformer
 from . import distributed as dist_
 from . import state as state_
-from .mix import IGNORE, TrainStream, prefetch, step_batches
+from .mix import TrainStream, prefetch, step_batches
 from .runconfig import RunConfig, Stage
 from .schedule import lr_at
 
@@ -186,8 +185,7 @@ class _Validation:
                 x = torch.stack([t[0] for t in items]).to(d.device)
                 y = torch.stack([t[1] for t in items]).to(d.device)
                 with self.amp:
-                    logits = fwd(x)
-                tot[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+                    tot[0] += fwd(x, targets=y, reduction="sum")
                 tot[1] += y.numel()
         dist_.all_reduce_sum(d, tot)
         return float(tot[0] / tot[1])
@@ -335,9 +333,8 @@ def _train(plan: Plan, d: dist_.Dist) -> int:
                 for m, (x, y, n) in enumerate(micros):
                     x, y = x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
                     with dist_.no_sync(getattr(fwd, "_orig_mod", fwd), d, sync=m == K - 1):
-                        with amp:
-                            logits = fwd(x)
-                        lsum = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+                        with amp:  # the loss inside the (compiled) forward: no fp32 logits kept for backward
+                            lsum = fwd(x, targets=y, reduction="sum")
                         (lsum / norm).backward()
                     loss_sum += lsum.detach()
                     n_targets += n

@@ -36,12 +36,13 @@ import numpy as np
 import torch
 
 from ..data import PackedDataset, TokenShards
+from ..model import IGNORE_INDEX
 from ..tasks import stable_seed, synthetic_documents
 from ..tasks.haystack import split_sentences
 
 __all__ = ["IGNORE", "TrainStream", "check_synthetic", "evenly", "long_fraction", "micro_is_long", "synthetic_row"]
 
-IGNORE = -100  # target id excluded from the loss
+IGNORE = IGNORE_INDEX  # target id excluded from the loss (the model's)
 _ESSAY_CHARS = 60_000  # training prose for the essay haystacks
 _MIN_FILL = 64  # don't try to fit another document into fewer tokens
 
