@@ -161,6 +161,34 @@ def test_seeds_are_aggregated_into_mean_and_spread_in_every_table():
     assert "| rnope-swa | 3.50 ± 0.71 | 3.50 ± 0.71 | – |" in report  # entropy
     assert "| rnope-swa | 0.1500 ± 0.0707 | 0.3000 | 0.1500 ± 0.0707 | 0.3000 | 0.55 ± 0.07 | 0.0742 · 0.0321 · – · – · 9.56 |" in report
     assert "| rnope-swa | 15.0 ± 7.1 |" in report and "| rnope-swa | 50.00 | 65.00 ± 7.07 |" in report  # RULER, ppl
+    # the setup line says whether every seed saw the same evaluation items (evaluations of this rnope do)
+    fixed = "; every training seed is evaluated on the same items, so a ± is the spread over training seeds alone."
+    assert fixed not in report
+    assert fixed in render(build_results(prof, {"rnope-swa#seed0": ev(0, 0.0), "rnope-swa#seed1": ev(1, 0.1)},
+                                         {**setup, "fixed_eval_items": True}), prof)
+
+
+def test_every_training_seed_is_evaluated_on_the_same_items(study, tmp_path):
+    """The evaluation items do not depend on the model's seed: the same weights evaluated as seed 7
+    score exactly what they scored as seed 0 (NIAH, RULER, perplexity, attention analysis)."""
+    import shutil
+
+    from rnope.reproduce.profiles import get_profile
+    from rnope.reproduce.runner import EVAL_SEEDS, Study
+
+    for path in (study / "evals").glob("*.json"):
+        assert json.loads(path.read_text())["eval_seeds"] == EVAL_SEEDS == {"niah": 1000, "ruler": 2000, "ppl": 0, "analysis": 3000}
+    assert json.loads((study / "results.json").read_text())["setup"]["fixed_eval_items"] is True
+    copy = tmp_path / "s"
+    shutil.copytree(study, copy)
+    (copy / "evals" / "rope.json").unlink()
+    prof = get_profile("smoke")
+    spec = next(m for m in prof.models if m.name == "rope")
+    again = Study(prof, copy, jobs=1, seeds=1, device="cpu", progress=False).evaluate_one(spec, 7, "rope")
+    first = json.loads((study / "evals" / "rope.json").read_text())
+    assert again["seed"] == 7
+    for key in ("niah", "niah_train_templates", "ruler", "ruler_skipped", "ppl", "analysis"):
+        assert json.loads(json.dumps(again[key])) == first[key], key
 
 
 def test_segment_verdicts_follow_the_papers_comparisons():

@@ -47,6 +47,8 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
             "corpus_hash": meta.get("corpus_hash"),
             "tokens_per_model": profile.tokens_per_model(),
             "threads": torch.get_num_threads(),
+            # every model scored on the same items (evaluations cached by an older rnope drew them per seed)
+            "fixed_eval_items": all("eval_seeds" in e for e in evals.values()),
         }
         results = build_results(profile, evals, setup)
         (study.out / "results.json").write_text(json.dumps(results, indent=1, default=str))

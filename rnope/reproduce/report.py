@@ -146,7 +146,8 @@ def render(results: dict, profile) -> str:
         f"- Seeds: {setup['seeds']}; {setup['minutes']:.1f} min of wall time over its invocations ({setup['train_seconds'] / 60:.1f} "
         f"training-minutes over all models); hardware: {setup['machine']}.",
         f"- Data: built-in corpus (stdlib prose) sha256 `{setup.get('corpus_hash', '–')}`; evaluation items use the eval templates, seeds and"
-        " the held-out split (disjoint from training).", "",
+        " the held-out split (disjoint from training)" + ("; every training seed is evaluated on the same items, so a ± is"
+        " the spread over training seeds alone." if setup.get("seeds", 1) > 1 and setup.get("fixed_eval_items") else "."), "",
     ]
     # ---- Table 2 analogue
     facs = profile.niah_factors

@@ -20,6 +20,9 @@ import yaml
 from .profiles import ModelSpec, Profile, PRETRAIN_KINDS
 
 STUDY_FILE = "study.json"
+# evaluation item seeds, the same for every training seed: a table's ± is the spread over training
+# seeds alone, not over different needles, texts and RULER items as well
+EVAL_SEEDS = {"niah": 1000, "ruler": 2000, "ppl": 0, "analysis": 3000}
 
 
 class Study:
@@ -27,12 +30,19 @@ class Study:
         self.p, self.out, self.jobs, self.seeds, self.device = profile, out, jobs, seeds, device
         self.progress = progress
         self.t0 = time.time()
+        self._said: set[str] = set()
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def say(self, msg: str) -> None:
         if self.progress:
             el = time.time() - self.t0
             print(f"[reproduce {el / 60:5.1f} min] {msg}", file=sys.stderr, flush=True)
+
+    def say_once(self, msg: str) -> None:
+        """``say``, but a message every model would repeat (a skipped RULER length) only once."""
+        if msg not in self._said:
+            self._said.add(msg)
+            self.say(msg)
 
     def claim_dir(self) -> None:
         """Create ``out`` or check it holds this very study (same profile hash)."""
@@ -172,18 +182,18 @@ class Study:
         pred.train_seq_len = L  # the pre-training length: NIAH "beyond training length" is measured from it
         model, tok = pred.model, pred.tokenizer
         fig_dir = self.out / "figures"
-        res: dict[str, Any] = {"train_seq_len": L, "seed": seed, "preset": spec.preset,
+        res: dict[str, Any] = {"train_seq_len": L, "seed": seed, "eval_seeds": EVAL_SEEDS, "preset": spec.preset,
                                "parameters": model.num_params(), "config": model.config.to_dict()}
         res["val_loss"] = validation_loss(model, self.out / "cache", tok, L)
         niah = niah_eval.evaluate([pred], lengths=[f * L for f in p.niah_factors], depths=list(p.niah_depths),
-                                  samples=p.niah_samples, seed=1000 + seed, progress=False)
+                                  samples=p.niah_samples, seed=EVAL_SEEDS["niah"], progress=False)
         write_outputs(fig_dir, {k: v for k, v in niah_eval.outputs(niah).items() if k.endswith(".png")})
         cells = niah["results"][0]["cells"]
         res["niah"] = {str(n): _mean(c["accuracy"] for c in cells if c["length"] == n) for n in sorted({c["length"] for c in cells})}
         res["niah_cells"] = cells
         # diagnostic: the same grid with the training templates ("retrieves" vs "transfers to an unseen template")
         tr = niah_eval.evaluate([pred], lengths=[f * L for f in p.niah_factors], depths=list(p.niah_depths),
-                                samples=p.niah_samples, seed=1000 + seed, progress=False, split="train")
+                                samples=p.niah_samples, seed=EVAL_SEEDS["niah"], progress=False, split="train")
         tcells = tr["results"][0]["cells"]
         res["niah_train_templates"] = {str(n): _mean(c["accuracy"] for c in tcells if c["length"] == n)
                                        for n in sorted({c["length"] for c in tcells})}
@@ -193,19 +203,19 @@ class Study:
         ruler_lengths, res["ruler_skipped"] = [], {}
         for n in (f * L for f in p.ruler_factors):
             try:
-                ruler_eval.build_items(pred, [n], list(p.ruler_tasks), 1, 2000 + seed, essay=essay)
+                ruler_eval.build_items(pred, [n], list(p.ruler_tasks), 1, EVAL_SEEDS["ruler"], essay=essay)
                 ruler_lengths.append(n)
             except ValueError as e:
                 res["ruler_skipped"][str(n)] = str(e)
-                self.say(f"RULER at {n} tokens skipped: {e}")
+                self.say_once(f"RULER at {n} tokens skipped for every model: {e}")
         res["ruler"] = {} if not ruler_lengths else _ruler_means(
             ruler_eval.evaluate([pred], lengths=ruler_lengths, tasks=list(p.ruler_tasks), samples=p.ruler_samples,
-                                seed=2000 + seed, essay=essay, progress=False))
+                                seed=EVAL_SEEDS["ruler"], essay=essay, progress=False))
         ppl = ppl_eval.evaluate([pred], lengths=[f * L for f in p.ppl_factors], streams=4, score_tokens=min(128, L // 2),
-                                seed=seed, progress=False)
+                                seed=EVAL_SEEDS["ppl"], progress=False)
         res["ppl"] = _ppl_by_length(ppl)
         res["kv_speed"] = kv_and_decode(model, max(p.niah_factors) * L)
-        analysis = analyze(model, tok, [f * L for f in p.analysis_factors], p.analysis_samples, seed=3000 + seed, name=name)
+        analysis = analyze(model, tok, [f * L for f in p.analysis_factors], p.analysis_samples, seed=EVAL_SEEDS["analysis"], name=name)
         res["analysis"] = analysis
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
