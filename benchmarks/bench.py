@@ -187,7 +187,11 @@ def make_optimizer(model: torch.nn.Module, fused: bool | None) -> torch.optim.Op
 
 
 class TrainStep:
-    """One variant: model + optimizer + a fixed batch; ``step()`` returns its seconds."""
+    """One variant: model + optimizer + a fixed batch; ``step()`` returns its seconds.
+
+    ``call(x, y)`` returns the loss, so a compiled variant compiles its loss too: rnope's
+    ``model(x, targets=y)``, as ``rnope train`` runs it, and for transformers the same fp32
+    cross-entropy of its logits inside the compiled function (the same work in both graphs)."""
 
     def __init__(self, model, call, *, batch: int, T: int, vocab: int, compile: bool, fused: bool | None):
         self.model = model.train()
@@ -199,8 +203,7 @@ class TrainStep:
 
     def step(self) -> float:
         t = time.perf_counter()
-        logits = self.fwd(self.x[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), self.x[:, 1:].flatten())
+        loss = self.fwd(self.x[:, :-1], self.x[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
@@ -223,9 +226,9 @@ def bench_train(preset: str, *, batch: int, T: int, rounds: int, compile: bool, 
             m = hf_twin(m)
             if m is None:
                 continue
-            call = lambda x, m=m: m(input_ids=x).logits  # noqa: E731
+            call = lambda x, y, m=m: F.cross_entropy(m(input_ids=x).logits.float().flatten(0, 1), y.flatten())  # noqa: E731
         else:
-            call = m
+            call = lambda x, y, m=m: m(x, targets=y)  # noqa: E731
         v = TrainStep(m, call, batch=batch, T=T, vocab=cfg.vocab_size, compile=comp, fused=fused)
         try:
             t = time.perf_counter()
