@@ -166,6 +166,12 @@ def test_seeds_are_aggregated_into_mean_and_spread_in_every_table():
     assert fixed not in report
     assert fixed in render(build_results(prof, {"rnope-swa#seed0": ev(0, 0.0), "rnope-swa#seed1": ev(1, 0.1)},
                                          {**setup, "fixed_eval_items": True}), prof)
+    # a RULER table of zeros says it separates nothing (and one with any score does not)
+    zero = "Every model scored 0 on every task at every length, so this table does not separate the variants."
+    assert zero not in report
+    e0, e1 = ev(0, 0.0), ev(1, 0.1)
+    e0["ruler"] = e1["ruler"] = {"512": 0.0}
+    assert zero in render(build_results(prof, {"rnope-swa#seed0": e0, "rnope-swa#seed1": e1}, setup), prof)
 
 
 def test_every_training_seed_is_evaluated_on_the_same_items(study, tmp_path):

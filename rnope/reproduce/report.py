@@ -212,6 +212,13 @@ def render(results: dict, profile) -> str:
     skipped = next((m["ruler_skipped"] for m in ms.values() if m.get("ruler_skipped")), {})
     if skipped:
         lines += [""] + [f"Not evaluated at {k} tokens: {v}." for k, v in skipped.items()]
+    scores = [v for m in ms.values() for v in m["ruler"].values()]
+    if scores and all(v == 0 for v in scores):
+        lines += ["", "Every model scored 0 on every task at every length, so this table does not separate the "
+                  "variants. The models never saw RULER's question formats in training (plural answers, variable "
+                  "chains, word counts, 7-digit values): asked for 'the special magic numbers for X', a model that "
+                  "retrieves passkeys answers with prose. At this scale RULER measures template transfer, not "
+                  "retrieval; the NIAH grid above is the retrieval measurement."]
     pl = sorted({int(k) for m in ms.values() for k in m["ppl"]})
     lines += ["", "## Perplexity vs evaluation length (same final tokens scored at every length)", "",
               "| model | " + " | ".join(map(str, pl)) + " |", "|---|" + "---|" * len(pl)]
