@@ -233,7 +233,7 @@ def flops_per_token(cfg, T: int) -> float:
 
 
 def train_variant(dev: torch.device, cfg, impl: str, compile: bool, deadline: Deadline, batch: int, steps: int,
-                  loss_in_graph: bool = True) -> dict:
+                  loss_in_graph: bool = True, mode: str | None = None) -> dict:
     """Time one training step setup: forward, fp32 cross-entropy, backward, clip, fused AdamW.
 
     ``loss_in_graph``: the trainer's way, ``model(x, targets=y)``: the cross-entropy compiles with the
@@ -252,15 +252,15 @@ def train_variant(dev: torch.device, cfg, impl: str, compile: bool, deadline: De
         return model(inp, targets=tgt)
 
     if loss_in_graph:
-        fwd_loss = torch.compile(model_loss, dynamic=False) if compile else model_loss
+        fwd_loss = torch.compile(model_loss, dynamic=False, mode=mode) if compile else model_loss
     else:
-        fwd = torch.compile(model, dynamic=False) if compile else model
+        fwd = torch.compile(model, dynamic=False, mode=mode) if compile else model
 
         def fwd_loss(inp, tgt):
             return F.cross_entropy(fwd(inp).float().flatten(0, 1), tgt.flatten())
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     x = torch.randint(0, cfg.vocab_size, (batch, T + 1), device=dev)
-    out: dict = {"attn_impl": impl, "compiled": compile, "loss_in_graph": loss_in_graph, "losses": []}
+    out: dict = {"attn_impl": impl, "compiled": compile, "compile_mode": mode or "default", "loss_in_graph": loss_in_graph, "losses": []}
 
     def step() -> float:
         sync(dev)
@@ -295,7 +295,7 @@ def train_variant(dev: torch.device, cfg, impl: str, compile: bool, deadline: De
 
 
 def check_train(dev: torch.device, dry: bool, compile: bool, deadline: Deadline, batch: int, steps: int,
-                loss_in_graph: bool = True) -> dict:
+                loss_in_graph: bool = True, mode: str | None = None) -> dict:
     """≈125M rnope-swa at T=8192 (tiny on the dry run): FlexAttention, then the blockwise SDPA path
     if the deadline allows; MFU of each against the measured bf16 mm peak and the nominal one."""
     from rnope import ModelConfig
@@ -315,7 +315,7 @@ def check_train(dev: torch.device, dry: bool, compile: bool, deadline: Deadline,
             out["variants"][impl] = {"skipped": f"deadline ({deadline.left():.0f}s left)"}
             continue
         try:
-            r = train_variant(dev, cfg, impl, compile, deadline, batch, steps, loss_in_graph)
+            r = train_variant(dev, cfg, impl, compile, deadline, batch, steps, loss_in_graph, mode)
         except Exception as e:
             r = {"error": f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                  "traceback": traceback.format_exc().splitlines()[-6:]}
@@ -341,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=270.0, help="deadline for all sections (seconds)")
     ap.add_argument("--batch", type=int, default=8, help="training batch (sequences of 8192 tokens; 8 = 27 GB with the loss in the graph, the best MFU measured)")
     ap.add_argument("--steps", type=int, default=8, help="timed training steps")
+    ap.add_argument("--compile-mode", default=None, choices=["default", "max-autotune-no-cudagraphs", "max-autotune"],
+                    help="torch.compile mode of the training step (the autotuning modes compile for minutes; untried so far)")
     ap.add_argument("--loss-outside-graph", action="store_true",
                     help="training: the loss outside the compiled model (fp32 logits kept), for an A/B against the default")
     ap.add_argument("--no-compile", action="store_true", help="eager training step and decode")
@@ -365,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     known = {
         "kernels": (30, lambda: check_kernels(dev, dry)),
         "model": (60 if compile else 15, lambda: check_model(dev, dry, compile)),
-        "train": (90 if compile else 20, lambda: check_train(dev, dry, compile, deadline, a.batch, a.steps, not a.loss_outside_graph)),
+        "train": (90 if compile else 20, lambda: check_train(dev, dry, compile, deadline, a.batch, a.steps, not a.loss_outside_graph,
+                                                                        a.compile_mode)),
     }
     names = [n.strip() for n in a.sections.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]
