@@ -50,7 +50,7 @@ def main() -> int:
     T = int(res["tokens"])
     dense = cfg.n_head * T * T * 4 / 2**30
     print(f"model: {args.preset} ({cfg.num_params():,} params, {cfg.n_layer} layers, {cfg.n_head} heads), probe {T} tokens x {args.samples}")
-    print(f"segments (all layers): " + ", ".join(f"{k} {v:.4f}" for k, v in res["segments"]["all"].items()))
+    print("segments (all layers): " + ", ".join(f"{k} {v:.4f}" for k, v in res["segments"]["all"].items()))
     print(f"analysis time: {dt:.1f} s")
     print(f"peak RSS before analysis: {base:.0f} MiB")
     print(f"peak RSS: {peak:.0f} MiB ({peak / 1024:.2f} GiB; limit {args.limit_gb:g} GiB)")

@@ -174,7 +174,7 @@ def test_rope_extensions_export_to_transformers_with_parity(preset, tmp_path):
     back = import_hf(tmp_path / "hf", tmp_path / "back")
     from rnope import load
 
-    again, _ = load(tmp_path / "back")
+    again, _ = load(back)
     assert again.config == model.config
 
 
