@@ -233,7 +233,7 @@ def flops_per_token(cfg, T: int) -> float:
 
 
 def train_variant(dev: torch.device, cfg, impl: str, compile: bool, deadline: Deadline, batch: int, steps: int,
-                  loss_in_graph: bool = True, mode: str | None = None) -> dict:
+                  loss_in_graph: bool = True, mode: str | None = None, profile: bool = False) -> dict:
     """Time one training step setup: forward, fp32 cross-entropy, backward, clip, fused AdamW.
 
     ``loss_in_graph``: the trainer's way, ``model(x, targets=y)``: the cross-entropy compiles with the
@@ -291,11 +291,44 @@ def train_variant(dev: torch.device, cfg, impl: str, compile: bool, deadline: De
     tok = batch * T
     out.update(step_s=dt, step_s_all=ts, tok_per_s=tok / dt, max_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                loss_finite=all(math.isfinite(v) for v in out["losses"]))
+    if profile and deadline.left() > 10 + 4 * dt:
+        out["profile"] = profile_steps(step, dev, n=2)
     return out
 
 
+def profile_steps(step, dev: torch.device, n: int = 2, top: int = 20) -> dict:
+    """torch.profiler over ``n`` steps: the kernels that take the device time, largest first, and how
+    much of it goes to matmuls (``gemm`` / ``mm``), attention (``flex`` / ``attention``) and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+    attr = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    rows = [(e.key, getattr(e, attr, 0.0) or 0.0, e.count) for e in prof.key_averages()]
+    rows = [r for r in rows if r[1] > 0]
+    total = sum(r[1] for r in rows) or 1.0
+    def kind(name: str) -> str:  # by kernel name: a heuristic (the "top" list has the names themselves)
+        low = name.lower()
+        if low.startswith("triton_tem_"):  # inductor templates: FlexAttention, or an autotuned mm
+            return "matmul" if "_mm" in low or "addmm" in low or "bmm" in low else "attention"
+        if "flex" in low or "attention" in low or "fmha" in low or "flash" in low:
+            return "attention"
+        if any(w in low for w in ("gemm", "matmul", "cutlass", "nvjet", "sm90_xmma")) or low.startswith(("aten::mm", "aten::addmm", "aten::bmm")):
+            return "matmul"
+        return "other"
+
+    share: dict[str, float] = {}
+    for name, t, _ in rows:
+        share[kind(name)] = share.get(kind(name), 0.0) + t / total
+    rows.sort(key=lambda r: -r[1])
+    return {"steps": n, "time_kind": attr, "total_ms_per_step": total / 1e3 / n, "share": share,
+            "top": [{"name": name[:120], "ms_per_step": t / 1e3 / n, "share": t / total, "calls": c} for name, t, c in rows[:top]]}
+
+
 def check_train(dev: torch.device, dry: bool, compile: bool, deadline: Deadline, batch: int, steps: int,
-                loss_in_graph: bool = True, mode: str | None = None) -> dict:
+                loss_in_graph: bool = True, mode: str | None = None, profile: bool = False) -> dict:
     """≈125M rnope-swa at T=8192 (tiny on the dry run): FlexAttention, then the blockwise SDPA path
     if the deadline allows; MFU of each against the measured bf16 mm peak and the nominal one."""
     from rnope import ModelConfig
@@ -315,7 +348,7 @@ def check_train(dev: torch.device, dry: bool, compile: bool, deadline: Deadline,
             out["variants"][impl] = {"skipped": f"deadline ({deadline.left():.0f}s left)"}
             continue
         try:
-            r = train_variant(dev, cfg, impl, compile, deadline, batch, steps, loss_in_graph, mode)
+            r = train_variant(dev, cfg, impl, compile, deadline, batch, steps, loss_in_graph, mode, profile)
         except Exception as e:
             r = {"error": f"{e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}",
                  "traceback": traceback.format_exc().splitlines()[-6:]}
@@ -343,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=8, help="timed training steps")
     ap.add_argument("--compile-mode", default=None, choices=["default", "max-autotune-no-cudagraphs", "max-autotune"],
                     help="torch.compile mode of the training step (the autotuning modes compile for minutes; untried so far)")
+    ap.add_argument("--profile", action="store_true",
+                    help="training: also profile two steps (top kernels; matmul / attention / other shares)")
     ap.add_argument("--loss-outside-graph", action="store_true",
                     help="training: the loss outside the compiled model (fp32 logits kept), for an A/B against the default")
     ap.add_argument("--no-compile", action="store_true", help="eager training step and decode")
@@ -368,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "kernels": (30, lambda: check_kernels(dev, dry)),
         "model": (60 if compile else 15, lambda: check_model(dev, dry, compile)),
         "train": (90 if compile else 20, lambda: check_train(dev, dry, compile, deadline, a.batch, a.steps, not a.loss_outside_graph,
-                                                                        a.compile_mode)),
+                                                                        a.compile_mode, a.profile)),
     }
     names = [n.strip() for n in a.sections.split(",") if n.strip()]
     unknown = [n for n in names if n not in known]

@@ -6,7 +6,8 @@
 # 1. the machine: GPU, driver, Python / torch / transformers versions;
 # 2. benchmarks/gpu_check.py: FlexAttention / blockwise-SDPA sliding kernels vs the fp32 reference
 #    (fwd + bwd, fp32 + bf16), the model's fast paths vs the reference, cached decode eager and
-#    compiled, and a compiled bf16 training step of a ≈125M rnope-swa at T = 8192 (tok/s, MFU);
+#    compiled, and a compiled bf16 training step of a ≈125M rnope-swa at T = 8192 (tok/s, MFU, and a
+#    profile of two steps: the top kernels and the matmul / attention / other shares);
 # 3. the training CLI on CUDA: one process with --compile, and torchrun with one rank under FSDP2
 #    and under DDP (nccl), each checked for finite losses and the device it reports;
 # 4. the CPU test suite (GPU hidden, tests/conftest.py) against this machine's torch / transformers
@@ -36,7 +37,7 @@ TESTS=$!
 
 echo "=== gpu_check.py"
 timeout 360 $PY benchmarks/gpu_check.py --sections "${SECTIONS:-kernels,model,train}" --budget-s "${BUDGET_S:-300}" \
-  --json "$O/gpu_check.json" >"$O/gpu_check.log" 2>&1
+  --profile --json "$O/gpu_check.json" >"$O/gpu_check.log" 2>&1
 note "gpu_check rc=$? (0 = every check passed; $O/gpu_check.json)"
 $PY - "$O/gpu_check.json" <<'EOF' || true
 import json, sys
@@ -55,6 +56,11 @@ print("  train", {k: t.get(k) for k in ("params", "batch", "seq_len", "mm_peak_t
 for name, r in t.get("variants", {}).items():
     keys = ("loss_in_graph", "first_step_s", "step_s", "tok_per_s", "achieved_tflops", "mfu_vs_measured_mm", "mfu_vs_nominal", "max_memory_gb", "error", "skipped", "note")
     print(f"  train[{name}]", {k: (round(r[k], 4) if isinstance(r[k], float) else r[k]) for k in keys if k in r})
+    if "profile" in r:
+        p = r["profile"]
+        print(f"    profile: {p['total_ms_per_step']:.1f} ms of kernels per step;", {k: round(v, 3) for k, v in p["share"].items()})
+        for t in p["top"][:8]:
+            print(f"      {t['ms_per_step']:8.2f} ms  {t['share']:.3f}  {t['name'][:90]}")
 EOF
 
 echo "=== rnope train on CUDA"

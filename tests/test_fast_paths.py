@@ -434,7 +434,7 @@ def test_gpu_check_skips_cleanly_without_cuda_and_dry_run_passes(tmp_path):
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout.strip().splitlines()[-1]) == {"skipped": "no CUDA device", "torch": torch.__version__}
     out = tmp_path / "gpu.json"
-    r = subprocess.run([sys.executable, str(script), "--dry-run", "--steps", "2", "--json", str(out)], capture_output=True,
+    r = subprocess.run([sys.executable, str(script), "--dry-run", "--steps", "2", "--profile", "--json", str(out)], capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
@@ -445,6 +445,11 @@ def test_gpu_check_skips_cleanly_without_cuda_and_dry_run_passes(tmp_path):
     assert summary["model"]["decode_eager"]["maxerr"] < 1e-4
     for v in summary["train"]["variants"].values():
         assert v["loss_finite"] and v["tok_per_s"] > 0 and 0 < v["mfu_vs_measured_mm"] < 1
+        assert v["loss_in_graph"] and v["compile_mode"] == "default"
+        prof = v["profile"]  # --profile: the kernels' time shares add up, the top list is sorted
+        assert abs(sum(prof["share"].values()) - 1) < 1e-6 and set(prof["share"]) <= {"matmul", "attention", "other"}
+        tops = [t["ms_per_step"] for t in prof["top"]]
+        assert tops and tops == sorted(tops, reverse=True) and prof["share"].get("matmul", 0) > 0
 
 
 # ------------------------------------------------------------------------------------ benchmark accounting
