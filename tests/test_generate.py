@@ -58,3 +58,29 @@ def test_sampling_is_seeded_and_top_k_1_is_greedy():
 def test_generate_bad_input(prompts, message):
     with pytest.raises(ValueError, match="^" + message + "$"):
         generate(tiny_model("rnope-swa"), prompts, 4)
+
+
+def test_cli_generate_passes_device_dtype_and_compile(tmp_path, monkeypatch, capsys):
+    """``rnope generate --compile --dtype bfloat16`` loads the model in that dtype on the picked
+    device and asks generate() for a compiled decode step (whose equality with the eager step is
+    tested in test_fast_paths); without the flags: fp32, eager."""
+    import importlib
+
+    import rnope
+    from rnope.cli import main
+    from rnope.tokenizer import Tokenizer
+
+    rnope.save(tmp_path / "ck", tiny_model("rnope-swa", vocab_size=259), Tokenizer.byte_level())
+    gen_mod = importlib.import_module("rnope.generate")  # the module (``rnope.generate`` is also the function)
+    seen = []
+    real = gen_mod.generate
+
+    def spy(model, prompts, n, **kw):
+        seen.append((model.embed_tokens.weight.dtype, model.embed_tokens.weight.device.type, kw["compile"]))
+        return real(model, prompts, n, **{**kw, "compile": False})
+
+    monkeypatch.setattr(gen_mod, "generate", spy)
+    assert main(["generate", "--ckpt", str(tmp_path / "ck"), "--prompt", "hi", "--max-new-tokens", "3"]) == 0
+    assert main(["generate", "--ckpt", str(tmp_path / "ck"), "--prompt", "hi", "--max-new-tokens", "3",
+                 "--compile", "--dtype", "bfloat16", "--device", "cpu"]) == 0
+    assert seen == [(torch.float32, "cpu", False), (torch.bfloat16, "cpu", True)]

@@ -22,6 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --input")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decode step (torch.compile): pays a compile, then 2-4x faster per token")
 
 
 def _read_prompts(path: str) -> list[dict]:
@@ -70,6 +74,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..checkpoint import load
+    from ..evals.runner import pick_device, pick_dtype
     from ..generate import generate
 
     if args.input and not args.output:
@@ -96,10 +101,13 @@ def run(args) -> int:
             args.prompt.encode("utf-8")
         except UnicodeEncodeError as e:
             raise ValueError(f"--prompt is not valid text (lone surrogate at index {e.start}: bytes that are not UTF-8?)") from None
-    model, tok = load(args.ckpt)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    model, tok = load(args.ckpt, device=device, dtype=dtype)
     if tok is None:
         raise ValueError(f"checkpoint '{args.ckpt}' has no tokenizer.json: cannot encode text prompts")
-    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_ids=[tok.eos_id], pad_id=tok.pad_id)
+    kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_ids=[tok.eos_id], pad_id=tok.pad_id,
+              compile=args.compile)
     if rows is None:
         ids = tok.encode(args.prompt)
         _warn_length(model, len(ids) + args.max_new_tokens)
