@@ -68,6 +68,7 @@ def matvec_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     """:func:`rnope.kernels.sdpa.decode` with its two matmuls written as broadcast products and sums,
     for compiled code only (like :func:`matvec_linear`): inductor fuses scores, mask and softmax
     into a few loops over the cached keys, where the batched gemv of one query row is slow on CPU.
+    Past ``MATVEC_PV_BMM_KEYS`` keys, p·V goes back to a bmm, which reads a long V faster.
     q (B, H, Tq, D), k/v (B, Hkv, S, D), allowed (B|1, 1, Tq, S)."""
     B, H, Tq, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
@@ -77,7 +78,16 @@ def matvec_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     ok = fill_empty_rows(allowed)[:, :, None]  # (B|1, 1, 1, Tq, S)
     scores = scores.view(B, Hkv, r, Tq, S).masked_fill(~ok, float("-inf"))
     p = scores.softmax(dim=-1).view(B, Hkv, r * Tq, S)
+    if S > MATVEC_PV_BMM_KEYS:  # long caches: p·V as a batched matmul streams V faster (see below)
+        return (p @ v.float()).view(B, H, Tq, D).to(q.dtype)
     return (p.unsqueeze(-1) * v.float().unsqueeze(2)).sum(-2).view(B, H, Tq, D).to(q.dtype)
+
+
+# Above this many cached keys :func:`matvec_attention` computes p·V as a bmm: 8 global layers of
+# 2 KV heads × 64 dims, compiled, 2 threads (benchmarks/RESULTS.md): 4160 keys 2.38 -> 2.21 ms,
+# 8256 keys 4.96 -> 4.48 ms, 16448 keys 10.05 -> 8.27 ms; at 2112 keys the reduction is faster
+# (0.83 against 0.87 ms). The branch is taken at trace time (one graph per cache length).
+MATVEC_PV_BMM_KEYS = 4096
 
 
 def _matmul_t(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:

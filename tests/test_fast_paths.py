@@ -265,6 +265,20 @@ def test_matvec_attention_equals_decode_kernel(Tq, H, Hkv, padded):
     torch.testing.assert_close(matvec_attention(q, k, v, allowed), sdpa.decode(q, k, v, allowed), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_matvec_attention_long_cache_bmm_branch_equals_decode_kernel(padded):
+    """Past MATVEC_PV_BMM_KEYS cached keys p·V is a bmm: the same attention as the reference kernel."""
+    from rnope.fast import MATVEC_PV_BMM_KEYS
+
+    B, H, Hkv, D, S = 2, 4, 2, 8, MATVEC_PV_BMM_KEYS + 37
+    q, k, v = torch.randn(B, H, 1, D), torch.randn(B, Hkv, S, D), torch.randn(B, Hkv, S, D)
+    spec = LayerSpec(span="full", rope=False)
+    k_time = torch.arange(S) - 5  # five empty slots
+    start = torch.tensor([0, 100]) if padded else None
+    allowed = visibility(torch.tensor([S - 6]), k_time, spec, start)
+    torch.testing.assert_close(matvec_attention(q, k, v, allowed), sdpa.decode(q, k, v, allowed), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("preset", CORE_PRESETS + ["llama4-irope", "rnope-swa-ssmax", "smollm3"])
 @pytest.mark.parametrize("matvec", [False, True])
 @torch.no_grad()
