@@ -309,6 +309,7 @@ def profile_steps(step, dev: torch.device, n: int = 2, top: int = 20) -> dict:
     rows = [(e.key, getattr(e, attr, 0.0) or 0.0, e.count) for e in prof.key_averages()]
     rows = [r for r in rows if r[1] > 0]
     total = sum(r[1] for r in rows) or 1.0
+
     def kind(name: str) -> str:  # by kernel name: a heuristic (the "top" list has the names themselves)
         low = name.lower()
         if low.startswith("triton_tem_"):  # inductor templates: FlexAttention, or an autotuned mm
@@ -321,7 +322,8 @@ def profile_steps(step, dev: torch.device, n: int = 2, top: int = 20) -> dict:
 
     share: dict[str, float] = {}
     for name, t, _ in rows:
-        share[kind(name)] = share.get(kind(name), 0.0) + t / total
+        k = kind(name)
+        share[k] = share.get(k, 0.0) + t / total
     rows.sort(key=lambda r: -r[1])
     return {"steps": n, "time_kind": attr, "total_ms_per_step": total / 1e3 / n, "share": share,
             "top": [{"name": name[:120], "ms_per_step": t / 1e3 / n, "share": t / total, "calls": c} for name, t, c in rows[:top]]}
