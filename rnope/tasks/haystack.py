@@ -15,6 +15,7 @@ the eval and train lists are disjoint.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -123,11 +124,16 @@ def split_sentences(texts: Sequence[str]) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _sentences(essay: tuple[str, ...]) -> list[str]:
+    return split_sentences(essay)
+
+
 def essay_haystack(essay: Sequence[str] | None, rng: random.Random, task: str = "?") -> Haystack:
     """Caller prose, one sentence per unit, cycled from a seeded starting sentence."""
     if essay is None:
         raise ValueError(f"task {task!r} needs an essay haystack: pass essay=[prose strings]")
-    sents = split_sentences(essay)
+    sents = _sentences(tuple(essay))
     if not sents:
         raise ValueError(f"task {task!r}: the essay holds no text")
     start = rng.randrange(len(sents))

@@ -39,8 +39,11 @@ def exact_value(pred: str, value: str) -> float:
 
 
 def score_item(item: Item, pred: str) -> float:
-    """Score a continuation of ``item.prompt``: :func:`exact_value` for ``passkey``, otherwise
+    """Score a continuation of ``item.prompt``: :func:`exact_value` for ``passkey`` (and the mean
+    of it over the answers of a retrieval-family ``lookup`` item), otherwise
     :func:`string_match_all` over ``item.answers`` (RULER's metric for its synthetic tasks)."""
     if item.task == "passkey":
         return exact_value(pred, item.answers[0])
+    if item.task == "lookup":
+        return sum(exact_value(pred, a) for a in item.answers) / len(item.answers)
     return string_match_all(pred, item.answers)

@@ -41,11 +41,28 @@ def _resolve(kind: str, rng: random.Random, has_essay: bool) -> str:
         plain, prose = FAMILIES[kind]
         return rng.choice(plain + (prose if has_essay else ()))
     if kind not in TASKS:
-        known = ", ".join(list(FAMILIES) + list(TASKS) + ["copy"] + list(RECALL_KINDS))
+        from .family import DOCUMENT_DISTANCES
+
+        known = ", ".join(list(FAMILIES) + list(TASKS) + ["copy"] + list(RECALL_KINDS) + list(DOCUMENT_DISTANCES) + list(LONG_KINDS))
         raise ValueError(f"unknown task {kind!r}; known: {known}")
     if kind in ESSAY_TASKS and not has_essay:
         raise ValueError(f"task {kind!r} needs an essay haystack: pass essay=[prose strings]")
     return kind
+
+
+def _lookup_long(seed: int, length: int, depth: float, *, encode: Encode, split: str, essay: Sequence[str] | None) -> Item:
+    """A training :func:`~rnope.tasks.family.lookup` item with a drawn haystack and RULER-like format."""
+    from .family import lookup, multi_format
+
+    rng = item_rng("train", "lookup_long", seed, length, depth)
+    hay = rng.choice(("noise", "essay", "words")) if essay else rng.choice(("noise", "words"))
+    n_keys, n_values, n_queries = multi_format(rng, rng.random(), (0.3, 0.4, 0.5))
+    return lookup(rng.getrandbits(32), length, depth, encode=encode, split="train", haystack=hay, essay=essay,
+                  n_keys=n_keys, n_values=n_values, n_queries=n_queries)
+
+
+#: Long training item kinds that are not evaluation tasks.
+LONG_KINDS = {"lookup_long": _lookup_long}
 
 
 def synthetic_items(
@@ -70,11 +87,13 @@ def synthetic_items(
         rng = item_rng("train", "mix", seed, 0, None, i)
         err: ValueError | None = None
         for _ in range(20):
-            task = _resolve(rng.choice(list(kinds)), rng, essay is not None)
+            pick = rng.choice(list(kinds))
+            task = pick if pick in LONG_KINDS else _resolve(pick, rng, essay is not None)
             length = rng.choice(list(lengths))
             depth = round(rng.uniform(0.0, 100.0), 2)
+            gen = LONG_KINDS.get(task) or TASKS[task]
             try:
-                yield TASKS[task](rng.getrandbits(32), length, depth, encode=encode, split="train", essay=essay)
+                yield gen(rng.getrandbits(32), length, depth, encode=encode, split="train", essay=essay)
                 break
             except ValueError as e:  # too short for this task: draw again
                 if "too short" not in str(e):
@@ -226,15 +245,20 @@ def synthetic_documents(
 ) -> Iterator[str]:
     """``n`` training documents: a train item's prompt plus its gold answer, as plain text.
 
-    The kind ``"copy"`` adds dense induction documents (:func:`copy_document`), drawn with the
-    same probability as each other kind.
+    Besides task names, ``kinds`` may hold dense short kinds -- ``"copy"`` (:func:`copy_document`),
+    :data:`RECALL_KINDS` (:func:`recall_document`) and the retrieval family's
+    :data:`~rnope.tasks.family.DOCUMENT_DISTANCES` (:func:`~rnope.tasks.family.lookup_document`) --
+    and :data:`LONG_KINDS`; every listed kind is drawn with the same probability.
     """
+    from .family import DOCUMENT_DISTANCES, lookup_document
+
     kinds = list(kinds)
-    if "copy" not in kinds and not any(k in RECALL_KINDS for k in kinds):
+    dense = {"copy", *RECALL_KINDS, *DOCUMENT_DISTANCES}
+    if not any(k in dense for k in kinds):
         for item in synthetic_items(seed, n, encode=encode, lengths=lengths, kinds=kinds, essay=essay):
             yield item.prompt + answer_text(item)
         return
-    others = [k for k in kinds if k != "copy" and k not in RECALL_KINDS]
+    others = [k for k in kinds if k not in dense]
     for i in range(n):
         rng = item_rng("train", "mix-kind", seed, 0, None, i)
         pick = rng.choice(kinds)  # each listed kind equally likely
@@ -242,6 +266,8 @@ def synthetic_documents(
             yield copy_document(rng.getrandbits(32), rng.choice(list(lengths)), encode=encode, essay=essay)
         elif pick in RECALL_KINDS:
             yield recall_document(rng.getrandbits(32), pick, max_tokens=max(lengths) - 1, encode=encode, essay=essay)
+        elif pick in DOCUMENT_DISTANCES:
+            yield lookup_document(rng.getrandbits(32), pick, max_tokens=max(lengths) - 1, encode=encode, essay=essay)
         else:
             item = next(synthetic_items(rng.getrandbits(32), 1, encode=encode, lengths=lengths, kinds=others, essay=essay))
             yield item.prompt + answer_text(item)
