@@ -250,6 +250,21 @@ def test_cli_niah_and_ruler_on_a_checkpoint(ckpts, tmp_path, capsys):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_cli_niah_heldout_wording_over_a_users_essay(ckpts, tmp_path, capsys):
+    prose = tmp_path / "prose.txt"
+    prose.write_text("The harbour was quiet that morning and the gulls sat on the posts.\n\n" * 20)
+    out = tmp_path / "out"
+    rc, err = _run(["eval", "niah", "--ckpt", str(ckpts / "tiny"), "--out", str(out), "--lengths", "400",
+                    "--depths", "50", "--samples", "2", "--haystack", "essay", "--essay", str(prose),
+                    "--wording", "heldout"], capsys)
+    assert rc == 0, err
+    d = json.loads((out / "niah.json").read_text())
+    assert d["settings"]["wording"] == "heldout" and d["settings"]["haystack"] == "essay"
+    assert d["settings"]["essay"] == "user essay"
+    cell = d["results"][0]["cells"][0]
+    assert cell["length"] == 400 and cell["n"] == 2 and 0.0 <= cell["accuracy"] <= 1.0
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["niah", "--lengths", "16"], ["length 16", "'passkey'"]),
     (["ruler", "--lengths", "16", "--tasks", "vt"], ["length 16", "'vt'"]),
@@ -260,6 +275,10 @@ def test_cli_niah_and_ruler_on_a_checkpoint(ckpts, tmp_path, capsys):
     (["mqar", "--lengths", "16", "--pairs", "8"], ["length 16", "8 pairs"]),
     (["niah", "--samples", "0"], ["--samples"]),
     (["niah", "--names", "a,b"], ["--names"]),
+    (["niah", "--wording", "bogus"], ["--wording", "'bogus'"]),
+    (["niah", "--essay", "prose.txt"], ["--essay needs --haystack essay"]),
+    (["niah", "--haystack", "essay", "--essay", "missing.txt"], ["--essay: 'missing.txt' does not exist"]),
+    (["ruler", "--essay", "missing_dir/"], ["--essay: 'missing_dir/' does not exist"]),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(ckpts, tmp_path, capsys, argv, needle):
     out = tmp_path / "out"

@@ -34,14 +34,22 @@ def _common(p: argparse.ArgumentParser, samples: int | None, samples_help: str) 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="eval_command", metavar="EVAL", required=True)
 
-    n = sub.add_parser("niah", help="passkey needle-in-a-haystack grid (lengths x depths)",
-                       description="Passkey NIAH grid (EVAL.md): greedy continuation after the answer prefix, "
-                                   "score = exact passkey. Writes niah.json, niah.md, niah_<model>.png.")
+    n = sub.add_parser("niah", help="needle-in-a-haystack grid (lengths x depths)",
+                       description="NIAH grid: greedy continuation after the answer prefix, score = the needle's "
+                                   "exact value. Wordings: the canonical passkey, or held-out wordings of the retrieval "
+                                   "family (docs/study.md). Writes niah.json, niah.md, niah_<model>.png.")
     _common(n, 5, "samples per (length, depth) cell")
     n.add_argument("--lengths", default="256,512,1024,2048,4096", help="context lengths in tokens, e.g. 256,512,4k")
     n.add_argument("--depths", default="0:100:10", help="needle depths in %%: list or START:STOP:STEP (default 0:100:10)")
     n.add_argument("--haystack", default="noise", choices=["noise", "essay"],
-                   help="noise = the grass/sky filler; essay = built-in prose (validation documents)")
+                   help="noise = the grass/sky filler; essay = prose no training run sees (rnope's held-out essays, "
+                        "or --essay PATH)")
+    n.add_argument("--wording", default="passkey", choices=["passkey", "heldout"],
+                   help="passkey = 'The pass key is 12345...'; heldout = wordings of the retrieval family that "
+                        "training never uses")
+    n.add_argument("--essay", default=None, metavar="PATH",
+                   help="prose for --haystack essay: a UTF-8 text file (paragraphs split at blank lines) or a "
+                        "folder of .txt files")
     n.add_argument("--gen-tokens", type=int, default=None, help="generation budget (default: the task's, 16)")
     n.set_defaults(_eval=_run_niah)
 
@@ -52,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--lengths", default="1024,2048,4096", help="context lengths in tokens")
     r.add_argument("--tasks", default="all", help="all, or a comma list of RULER task names")
     r.add_argument("--gen-tokens", type=int, default=None, help="generation budget for every task (default: per task)")
+    r.add_argument("--essay", default=None, metavar="PATH",
+                   help="prose for the essay haystack: a UTF-8 text file or a folder of .txt files (default: rnope's "
+                        "held-out essays, which no training run sees)")
     r.set_defaults(_eval=_run_ruler)
 
     q = sub.add_parser("ppl", help="perplexity vs evaluation length on held-out text",
@@ -100,10 +111,17 @@ def _load(args, need_tokenizer: bool = True):
 def _run_niah(args):
     from ..evals import niah
 
-    lengths, depths = niah.check_settings(args.lengths, args.depths, args.samples, args.haystack, args.gen_tokens)
+    from ..data.heldout import load_essay
+
+    lengths, depths = niah.check_settings(args.lengths, args.depths, args.samples, args.haystack, args.gen_tokens,
+                                          args.wording)
+    if args.essay is not None and args.haystack != "essay":
+        raise ValueError("--essay needs --haystack essay")
+    essay = load_essay(args.essay) if args.essay is not None else None
     models = _load(args)
     doc = niah.evaluate(models, lengths=lengths, depths=depths, samples=args.samples, seed=args.seed,
-                        haystack=args.haystack, batch_size=args.batch_size, gen_tokens=args.gen_tokens)
+                        haystack=args.haystack, batch_size=args.batch_size, gen_tokens=args.gen_tokens,
+                        wording=args.wording, essay=essay)
     return niah.outputs(doc)
 
 
@@ -115,9 +133,12 @@ def _run_ruler(args):
     ruler.parse_tasks(args.tasks)
     if args.gen_tokens is not None and args.gen_tokens < 1:
         raise ValueError(f"--gen-tokens must be >= 1, got {args.gen_tokens}")
+    from ..data.heldout import load_essay
+
+    essay = load_essay(args.essay) if args.essay is not None else None
     models = _load(args)
     doc = ruler.evaluate(models, lengths=args.lengths, tasks=args.tasks, samples=args.samples, seed=args.seed,
-                         batch_size=args.batch_size, gen_tokens=args.gen_tokens)
+                         batch_size=args.batch_size, gen_tokens=args.gen_tokens, essay=essay)
     return ruler.outputs(doc)
 
 

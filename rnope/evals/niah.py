@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from .report import heatmap_png, md_table, to_json, versions
-from .runner import Predictor, item_seed, parse_depths, parse_lengths, predictor_meta, run_items, validation_essay
+from .runner import Predictor, item_seed, parse_depths, parse_lengths, predictor_meta, run_items
 
-__all__ = ["HAYSTACKS", "build_items", "check_settings", "evaluate", "markdown", "outputs"]
+__all__ = ["HAYSTACKS", "WORDINGS", "build_items", "check_settings", "evaluate", "markdown", "outputs"]
 
 HAYSTACKS = ("noise", "essay")
+WORDINGS = ("passkey", "heldout")
 
 
 def build_items(
@@ -40,29 +41,38 @@ def build_items(
     essay: Sequence[str] | None = None,
     gen_tokens: int | None = None,
     split: str = "eval",
+    wording: str = "passkey",
 ) -> list[Any]:
-    """All passkey items of the grid for one model (raises for a length the template cannot fit).
+    """All items of the grid for one model (raises for a length the template cannot fit).
 
     ``split="train"`` builds the same grid from the *training* templates and filler: a diagnostic
     that tells "cannot retrieve" from "retrieves, but not with an unseen template"."""
     from ..tasks import passkey
+    from ..tasks.family import lookup
 
     items = []
     for L in lengths:
         for d in depths:
             for i in range(samples):
-                items.append(passkey(item_seed(seed, "niah", i), L, d, encode=predictor.encode, haystack=haystack,
-                                     essay=essay, gen_tokens=gen_tokens, split=split))
+                if wording == "heldout":
+                    items.append(lookup(item_seed(seed, "niah-heldout", i), L, d, encode=predictor.encode, split=split,
+                                        haystack=haystack, essay=essay, gen_tokens=gen_tokens))
+                else:
+                    items.append(passkey(item_seed(seed, "niah", i), L, d, encode=predictor.encode, haystack=haystack,
+                                         essay=essay, gen_tokens=gen_tokens, split=split))
     return items
 
 
-def check_settings(lengths, depths, samples: int, haystack: str, gen_tokens: int | None) -> tuple[list[int], list[float]]:
+def check_settings(lengths, depths, samples: int, haystack: str, gen_tokens: int | None,
+                   wording: str = "passkey") -> tuple[list[int], list[float]]:
     lengths = parse_lengths(lengths)
     depths = parse_depths(depths)
     if samples < 1:
         raise ValueError(f"--samples must be >= 1, got {samples}")
     if haystack not in HAYSTACKS:
         raise ValueError(f"--haystack: unknown haystack {haystack!r} (known: {', '.join(HAYSTACKS)})")
+    if wording not in WORDINGS:
+        raise ValueError(f"--wording: unknown wording {wording!r} (known: {', '.join(WORDINGS)})")
     if gen_tokens is not None and gen_tokens < 1:
         raise ValueError(f"--gen-tokens must be >= 1, got {gen_tokens}")
     return lengths, depths
@@ -81,6 +91,7 @@ def evaluate(
     gen_tokens: int | None = None,
     progress: bool = True,
     split: str = "eval",
+    wording: str = "passkey",
 ) -> dict:
     """Run the grid for every predictor; returns the ``niah.json`` document.
 
@@ -88,12 +99,17 @@ def evaluate(
     model runs, so a bad ``--lengths`` fails fast."""
     from ..tasks import score_item
 
-    lengths, depths = check_settings(lengths, depths, samples, haystack, gen_tokens)
+    from ..data.heldout import heldout_prose, heldout_prose_hash
+
+    lengths, depths = check_settings(lengths, depths, samples, haystack, gen_tokens, wording)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    if haystack == "essay" and essay is None:
-        essay = validation_essay()
-    plans = [(p, build_items(p, lengths, depths, samples, seed, haystack=haystack, essay=essay, gen_tokens=gen_tokens, split=split))
+    essay_source = None
+    if haystack == "essay":
+        essay_source = "user essay" if essay is not None else f"rnope held-out prose ({heldout_prose_hash()})"
+        essay = heldout_prose() if essay is None else essay
+    plans = [(p, build_items(p, lengths, depths, samples, seed, haystack=haystack, essay=essay, gen_tokens=gen_tokens,
+                             split=split, wording=wording))
              for p in predictors]
     results = []
     for p, items in plans:
@@ -110,8 +126,9 @@ def evaluate(
         "seed": int(seed),
         "versions": versions(),
         "settings": {"lengths": lengths, "depths": depths, "samples": samples, "haystack": haystack,
-                     "batch_size": batch_size, "gen_tokens": gen_tokens, "metric": "exact_value",
-                     "template": "passkey (EVAL.md)"},
+                     "essay": essay_source, "batch_size": batch_size, "gen_tokens": gen_tokens, "metric": "exact_value",
+                     "wording": wording, "split": split,
+                     "template": "passkey" if wording == "passkey" else "retrieval family, held-out wordings"},
         "models": predictor_meta(predictors),
     }
 
@@ -124,10 +141,10 @@ def _grid(res: dict) -> tuple[list[int], list[float], dict[tuple[int, float], di
 
 def markdown(doc: dict) -> str:
     """``niah.md``: mean accuracy per model and length, then each model's depth x length grid."""
-    parts = ["# Needle in a haystack (passkey)\n"]
     s = doc.get("settings", {})
+    parts = [f"# Needle in a haystack ({s.get('wording', 'passkey')} wording)\n"]
     parts.append(f"seed {doc.get('seed')}, {s.get('samples')} samples per cell, haystack {s.get('haystack')}; "
-                 "score = exact passkey in the greedy continuation; `*` = training length.\n")
+                 "score = exact value in the greedy continuation; `*` = training length.\n")
     all_lengths = sorted({c["length"] for r in doc["results"] for c in r["cells"]})
     rows = []
     for r in doc["results"]:
@@ -155,5 +172,5 @@ def outputs(doc: dict) -> dict[str, str | bytes]:
         lengths, depths, cells = _grid(r)
         values = [[cells[(L, d)]["accuracy"] if (L, d) in cells else None for L in lengths] for d in depths]
         files[f"niah_{r['model']}.png"] = heatmap_png(values, lengths, depths, train_seq_len=r["train_seq_len"],
-                                                      title=f"passkey retrieval: {r['model']}")
+                                                      title=f"{doc.get('settings', {}).get('wording', 'passkey')} retrieval: {r['model']}")
     return files

@@ -3,8 +3,10 @@
 For every model, length and task, ``samples`` items with fresh seeds (needles at seeded random
 depths, as RULER does); the model greedily continues the answer prefix and the task's metric
 (:func:`rnope.tasks.score_item`: ``string_match_all`` for every task here) scores it. Scores are
-reported x100; the per-length score is the mean over tasks. The essay haystack is the built-in
-prose corpus's validation documents (:func:`rnope.evals.runner.validation_essay`).
+reported x100; the per-length score is the mean over the tasks run (RULER's published average covers
+13 tasks, QA included; this one the synthetic tasks it was given). The essay haystack is prose no
+training run sees: rnope's held-out essays (:func:`rnope.data.heldout.heldout_prose`) or the
+user's own (``--essay PATH``, e.g. the Paul Graham essays RULER uses).
 
 ``ruler.json``::
 
@@ -23,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .report import lines_png, md_table, to_json, versions
-from .runner import Predictor, item_seed, parse_lengths, predictor_meta, run_items, validation_essay
+from .runner import Predictor, item_seed, parse_lengths, predictor_meta, run_items
 
 __all__ = ["evaluate", "outputs", "parse_tasks"]
 
@@ -93,8 +95,11 @@ def evaluate(
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if gen_tokens is not None and gen_tokens < 1:
         raise ValueError(f"--gen-tokens must be >= 1, got {gen_tokens}")
+    from ..data.heldout import heldout_prose, heldout_prose_hash
+
+    essay_source = "user essay" if essay is not None else f"rnope held-out prose ({heldout_prose_hash()})"
     if essay is None and any(t in ESSAY_TASKS for t in tasks):
-        essay = validation_essay()
+        essay = heldout_prose()
     plans = [(p, build_items(p, lengths, tasks, samples, seed, essay=essay, gen_tokens=gen_tokens)) for p in predictors]
     results = []
     for p, items in plans:
@@ -114,7 +119,7 @@ def evaluate(
         "versions": versions(),
         "settings": {"lengths": lengths, "tasks": tasks, "samples": samples, "batch_size": batch_size,
                      "gen_tokens": gen_tokens, "metric": "string_match_all x100",
-                     "essay": "built-in prose corpus, validation split"},
+                     "essay": essay_source},
         "models": predictor_meta(predictors),
     }
 

@@ -64,7 +64,6 @@ __all__ = [
     "progress_bar",
     "run_items",
     "score_tokens",
-    "validation_essay",
 ]
 
 LOGIT_BUDGET = 256 * 2**20  # bytes of logits alive at once
@@ -84,18 +83,6 @@ class Predictor(Protocol):
     def complete(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]: ...
 
     def nll(self, contexts: Sequence[str], continuations: Sequence[str]) -> list[tuple[float, bool]]: ...
-
-
-def validation_essay() -> list[str]:
-    """The essay haystack: the built-in prose corpus's **validation** documents (the default
-    training split: ``split_documents(builtin_documents("prose"))``, val_fraction 0.02, seed 0),
-    so eval prose is held out from training on the built-in corpus."""
-    from ..data import builtin_documents, split_documents
-
-    _, val = split_documents(builtin_documents("prose"))
-    if not val:
-        raise ValueError("the built-in prose corpus has no validation documents for the essay haystack")
-    return val
 
 
 # ----------------------------------------------------------------------------------------- loading
