@@ -353,9 +353,12 @@ class Transformer(nn.Module):
         """Final norm and the (tied) LM head: hidden (B, T, d_model) -> logits (B, T, vocab).
         ``ctx``: a decode context whose ``head`` layout (:mod:`rnope.fast`) replaces the head."""
         if ctx is not None and ctx.head is not None:
-            return ctx.linear(self.norm(x), ctx.head) * self.config.logit_scale
-        head = self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight
-        return F.linear(self.norm(x), head) * self.config.logit_scale
+            out = ctx.linear(self.norm(x), ctx.head)
+        else:
+            out = F.linear(self.norm(x), self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight)
+        # a scale of 1 is skipped: the multiply (and its backward) over B·T·vocab logits is a tenth of a
+        # small model's training step on a CPU
+        return out if self.config.logit_scale == 1.0 else out * self.config.logit_scale
 
     def _check_tokens(self, tokens: torch.Tensor) -> tuple[int, int]:
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
