@@ -24,13 +24,21 @@ def test_results_schema_and_report_sections(study):
     assert res["profile"] == "smoke" and set(res["models"]) == {"rope", "rnope-swa"}
     for m in res["models"].values():
         assert m["train_seq_len"] == 256
-        assert set(m["niah"]) == {"256", "512"} and all(0.0 <= v <= 1.0 for v in m["niah"].values())
-        assert set(m["niah_train_templates"]) == {"256", "512"}  # the training-template diagnostic grid
-        assert set(m["ruler"]) == {"512"} and 0.0 < m["val_loss"] < 10.0
-        # 256 is too short for one RULER task: that length is skipped for all of them, with the reason
-        # (the count depends on the tokenizer, trained on this Python's own files: 368 on 3.11, 367 on 3.12)
-        assert set(m["ruler_skipped"]) == {"256"}
-        msg = m["ruler_skipped"]["256"]
+        # every NIAH column, every length, a score in [0, 1]; the gate reads the primary column at 1x
+        assert set(m["niah"]) == {"heldout/essay", "passkey/noise", "heldout/noise"}
+        for col in m["niah"].values():
+            assert set(col) == {"256", "512"} and all(0.0 <= v <= 1.0 for v in col.values())
+        assert m["gate"] == {"column": "heldout/essay", "threshold": 0.8, "value": m["niah"]["heldout/essay"]["256"],
+                             "passed": m["niah"]["heldout/essay"]["256"] >= 0.8}
+        assert m["per_seed"]["seed"] == [0] and m["per_seed"]["niah"]["passkey/noise"]["512"] == [m["niah"]["passkey/noise"]["512"]]
+        assert set(m["ruler"]) == {"256", "512"} and 0.0 < m["val_loss"] < 10.0
+        # at each length the tasks whose template fits: niah_multikey_1 does not fit 256 tokens and is
+        # skipped there (with the reason), niah_single_1 runs (the count depends on the tokenizer,
+        # trained on this Python's own files)
+        assert m["ruler_run"] == {"256": ["niah_single_1"], "512": ["niah_single_1", "niah_multikey_1"]}
+        assert set(m["ruler_tasks"]) == {"niah_single_1@256", "niah_single_1@512", "niah_multikey_1@512"}
+        assert set(m["ruler_skipped"]) == {"niah_multikey_1@256"}
+        msg = m["ruler_skipped"]["niah_multikey_1@256"]
         need = re.fullmatch(r"length 256 is too short for task 'niah_multikey_1': the template alone needs (\d+) tokens", msg)
         assert need and int(need.group(1)) > 256, msg
         for L, seg in m["segments"].items():
@@ -40,11 +48,12 @@ def test_results_schema_and_report_sections(study):
     k = swa["kv_speed"]  # 1 global + 3 sliding layers of window 32 at 512 + 32 tokens
     assert k["kv_bytes"] / k["full_kv_bytes"] == pytest.approx((544 + 3 * 32) / (4 * 544))
     report = (study / "REPORT.md").read_text()
-    for heading in ("## Setup", "## Table 2 analogue", "## Attention mass by segment", "## Attention entropy",
+    for heading in ("## Setup", "## Retrieval against length (NIAH)", "### `heldout/essay`", "### `passkey/noise`",
+                    "## Table 2 analogue", "## Attention mass by segment", "## Attention entropy",
                     "## Division of labour", "## RULER", "## Perplexity", "## KV cache", "## What reproduced and what did not"):
         assert heading in report
-    assert "| rope | " in report.split("Diagnostic — the same grid built from the *training* templates")[1]
-    assert f"Not evaluated at 256 tokens: {swa['ruler_skipped']['256']}." in report
+    assert "Every verdict reads `heldout/essay`" in report
+    assert "- 256 tokens (1×): niah_single_1." in report and "| rope | " in report.split("## RULER")[1]
     for fig in ("ppl.png", "segments.png", "niah_rope.png", "niah_rnope-swa.png"):
         assert (study / "figures" / fig).stat().st_size > 1000
 
@@ -72,7 +81,7 @@ def test_other_study_and_unknown_profile_refused(study, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"rnope: error: --out '{study}' holds a different study (config hash ") and err.count("\n") == 0
     assert main(["reproduce", "--profile", "medium", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == "rnope: error: unknown profile 'medium' (known: quick, standard, full, smoke)"
+    assert capsys.readouterr().err.strip() == "rnope: error: unknown profile 'medium' (known: quick, full, smoke)"
     assert not (tmp_path / "x").exists()
 
 
@@ -94,40 +103,53 @@ def test_training_eta_counts_the_parallel_jobs():
     assert training_eta([], 5, 2) == 0.0 and training_eta([600.0], 0, 2) == 0.0
 
 
-def test_verdicts_state_the_targets_and_call_a_rope_without_retrieval_vacuous():
+def _model(preset: str, per_seed: list[list[float]], losses: list[float], prof) -> dict:
+    """A results.json model entry with primary-column NIAH ``per_seed[s][i]`` at factor i."""
+    from rnope.reproduce.report import GATE
+
+    L, col = prof.seq_len, prof.primary
+    facs = prof.niah_factors
+    cols = {col: {str(f * L): [p[i] for p in per_seed] for i, f in enumerate(facs)}}
+    mean = {c: {k: sum(v) / len(v) for k, v in d.items()} for c, d in cols.items()}
+    one = mean[col][str(L)]
+    return {"preset": preset, "seeds": len(per_seed), "niah": mean, "spread": {"niah": {}},
+            "per_seed": {"niah": cols, "val_loss": losses, "ruler": {}, "ruler_tasks": {}},
+            "val_loss": sum(losses) / len(losses), "gate": {"passed": one >= GATE}, "segments": {}, "entropy": {},
+            "ruler": {}, "ruler_tasks": {}}
+
+
+def test_verdicts_gate_length_claims_and_hold_only_in_every_seed():
     from rnope.reproduce.profiles import get_profile
     from rnope.reproduce.report import verdicts
 
-    prof = get_profile("quick")
-    L = prof.seq_len
-
-    def model(preset, evals, trains, loss):
-        grid = lambda vals: {str(f * L): v for f, v in zip((1, 2, 4, 8), vals)}  # noqa: E731
-        return {"preset": preset, "niah": grid(evals), "niah_train_templates": grid(trains), "val_loss": loss,
-                "segments": {}, "entropy": {}}
-
-    ms = {"rope": model("rope", [0.0] * 4, [0.1, 0.0, 0.0, 0.0], 4.272),
-          "rnope-swa": model("rnope-swa", [1.0, 1.0, 0.95, 0.9], [1.0] * 4, 4.148)}
+    prof = get_profile("quick")  # factors 1, 2, 4, 8; the long stage at 4x: 8x is "beyond"
+    assert prof.niah_factors == (1, 2, 4, 8) and prof.long_factor == 4 and prof.seq_len == 128
+    ms = {"rope": _model("rope", [[0.9, 0.9, 0.8, 0.1], [0.8, 0.9, 0.7, 0.0]], [4.2, 4.3], prof),
+          "nope": _model("nope", [[0.3, 0.1, 0.0, 0.0], [0.5, 0.2, 0.0, 0.0]], [4.5, 4.5], prof),
+          "rnope-swa": _model("rnope-swa", [[1.0, 1.0, 0.95, 0.95], [1.0, 1.0, 0.9, 0.85]], [4.25, 4.3], prof)}
     out = verdicts(ms, prof)
-    assert "- ✅ rnope-swa NIAH at 4× the training length: 0.95 (target ≥ 0.9)." in out
-    assert ("- ⚠️ rope NIAH at 4×: 0.00 (target < 0.2), but vacuous: rope scores 0.00 at 1× with the evaluation template; "
-            "with the training templates 0.10 at 1×, 0.00 at 4×, 0.00 at 8× (the long stage trains at 4×).") in out
-    assert "- ✅ rnope-swa val loss 4.148 vs rope 4.272 (-2.9%; target within 2%)." in out
-    ms["rope"] = model("rope", [0.9, 0.5, 0.3, 0.0], [1.0] * 4, 4.0)
-    ms["rnope-swa"]["niah"][str(4 * L)] = 0.5
+    assert "- ✅ rope retrieves at 1× (128 tokens): 0.85 (seeds 0.90 / 0.80) (gate: mean ≥ 0.8)." in out
+    assert ("- ❌ nope does not retrieve at 1× (128 tokens): 0.40 (seeds 0.30 / 0.50) (gate: mean ≥ 0.8); its scores past "
+            "the training length say nothing about length, and no length verdict is drawn for it.") in out
+    assert ("- ✅ rnope-swa keeps retrieving at 8× the training length, past the long stage's 4×: 0.90 (seeds 0.95 / 0.85) "
+            "(target: mean ≥ 0.9, every seed ≥ 0.8).") in out
+    assert ("- ✅ rope fails beyond its training length: 0.05 (seeds 0.10 / 0.00) at 8×, past the long stage's 4× "
+            "(target: < 0.2 in every seed).") in out
+    assert "- ⚠️ \"nope fails beyond its training length\" is withheld: nope does not retrieve at 1×." in out
+    assert "- ❌ rnope-swa val loss 4.275 vs rope 4.250 (+0.6%; target: within 2% in every seed)." not in out
+    assert "- ✅ rnope-swa val loss 4.275 vs rope 4.250 (+0.6%; target: within 2% in every seed)." in out
+    # one seed breaks a claim: it is not made
+    ms["rope"] = _model("rope", [[0.9, 0.9, 0.8, 0.1], [0.8, 0.9, 0.7, 0.3]], [4.2, 4.0], prof)
+    ms["rnope-swa"] = _model("rnope-swa", [[1.0, 1.0, 0.95, 1.0], [1.0, 1.0, 0.9, 0.75]], [4.25, 4.3], prof)
     out = verdicts(ms, prof)
-    assert "- ❌ rope NIAH at 4×: 0.30 (target < 0.2: RoPE fails past its length — the long stage trained it at this length)." in out
-    assert "- ❌ rnope-swa NIAH at 4× the training length: 0.50 (target ≥ 0.9)." in out
-    assert "- ❌ rnope-swa val loss 4.148 vs rope 4.000 (+3.7%; target within 2%)." in out
-    # every profile but quick is judged at 8× (the issue's target), quick at 4×
-    std = get_profile("standard")
-    assert std.niah_factors[-1] == 8 and std.long_factor == 4
-    out = verdicts(ms, std)
-    assert "- ✅ rnope-swa NIAH at 8× the training length: 0.90 (target ≥ 0.9)." in out
-    # rope at 4× was trained there by the long stage: the first length past it is checked too
-    assert "- ✅ rope NIAH at 8×, past the long stage's 4×: 0.00 (target < 0.2)." in out
-    ms["rope"]["niah"][str(8 * L)] = 0.25
-    assert "- ❌ rope NIAH at 8×, past the long stage's 4×: 0.25 (target < 0.2)." in verdicts(ms, std)
+    assert ("- ❌ rnope-swa keeps retrieving at 8× the training length, past the long stage's 4×: 0.88 (seeds 1.00 / 0.75) "
+            "(target: mean ≥ 0.9, every seed ≥ 0.8).") in out
+    assert ("- ❌ rope fails beyond its training length: 0.20 (seeds 0.10 / 0.30) at 8×, past the long stage's 4× "
+            "(target: < 0.2 in every seed).") in out
+    assert "- ❌ rnope-swa val loss 4.275 vs rope 4.100 (+4.3%; target: within 2% in every seed)." in out
+    # a hybrid that does not retrieve at 1x gets no length verdict either
+    ms["rnope-swa"] = _model("rnope-swa", [[0.5, 1.0, 0.95, 1.0], [0.6, 1.0, 0.9, 0.95]], [4.25, 4.3], prof)
+    assert "- ⚠️ rnope-swa at 8×: 0.97 (seeds 1.00 / 0.95), withheld: it does not retrieve at 1×." in verdicts(ms, prof)
 
 
 def test_seeds_are_aggregated_into_mean_and_spread_in_every_table():
@@ -138,9 +160,11 @@ def test_seeds_are_aggregated_into_mean_and_spread_in_every_table():
 
     def ev(seed, x):  # one seed's evaluation of a model, every number shifted by x
         seg = {"begin": 0.1 + x, "needle": 0.2 - x, "context": 0.4, "end": 0.3}
+        niah = {"256": 1.0, "512": 0.5 + x}
         return {"train_seq_len": 256, "preset": "rnope-swa", "parameters": 1000, "seed": seed, "val_loss": 4.0 + x,
-                "niah": {"256": 1.0, "512": 0.5 + x}, "niah_train_templates": {"256": 1.0, "512": 1.0},
-                "ruler": {"512": 10.0 + 100 * x}, "ppl": {"256": 50.0, "512": 60.0 + 100 * x},
+                "niah": {"heldout/essay": niah, "passkey/noise": niah, "heldout/noise": niah},
+                "ruler": {"512": 10.0 + 100 * x}, "ruler_tasks": {"niah_single_1@512": 10.0 + 100 * x},
+                "ppl": {"256": 50.0, "512": 60.0 + 100 * x},
                 "kv_speed": {"length": 512, "kv_bytes": 1, "kv_ratio": 0.3, "decode_tok_s": 100.0},
                 "analysis": [{"length": L, "segments": {"all": seg, "nope_layers": seg, "rope_layers": seg},
                               "entropy": {"all": 3.0 + 10 * x}} for L in (256, 512)]}
@@ -156,22 +180,14 @@ def test_seeds_are_aggregated_into_mean_and_spread_in_every_table():
     report = render(res, prof)
     assert "mean ± sample standard deviation over the 2 seeds" in report
     assert "![NIAH rnope-swa (seed 0)](figures/niah_rnope-swa%23seed0.png)" in report  # the file niah_rnope-swa#seed0.png
+    assert "| rnope-swa | 1.00 | 0.55 ± 0.07 |" in report  # each NIAH column
+    assert "| rnope-swa | 1.00 / 1.00 | 0.50 / 0.60 |" in report  # per seed, primary column
     assert "| rnope-swa | 4.050 ± 0.071 | – | 1.00 | 0.55 ± 0.07 | – |" in report  # Table 2
     assert "| rnope-swa | 512 | 0.1500 ± 0.0707 | 0.1500 ± 0.0707 | 0.4000 | 0.3000 | – |" in report  # segments
     assert "| rnope-swa | 3.50 ± 0.71 | 3.50 ± 0.71 | – |" in report  # entropy
     assert "| rnope-swa | 0.1500 ± 0.0707 | 0.3000 | 0.1500 ± 0.0707 | 0.3000 | 0.55 ± 0.07 | 0.0742 · 0.0321 · – · – · 9.56 |" in report
     assert "| rnope-swa | 15.0 ± 7.1 |" in report and "| rnope-swa | 50.00 | 65.00 ± 7.07 |" in report  # RULER, ppl
-    # the setup line says whether every seed saw the same evaluation items (evaluations of this rnope do)
-    fixed = "; every training seed is evaluated on the same items, so a ± is the spread over training seeds alone."
-    assert fixed not in report
-    assert fixed in render(build_results(prof, {"rnope-swa#seed0": ev(0, 0.0), "rnope-swa#seed1": ev(1, 0.1)},
-                                         {**setup, "fixed_eval_items": True}), prof)
-    # a RULER table of zeros says it separates nothing (and one with any score does not)
-    zero = "Every model scored 0 on every task at every length, so this table does not separate the variants."
-    assert zero not in report
-    e0, e1 = ev(0, 0.0), ev(1, 0.1)
-    e0["ruler"] = e1["ruler"] = {"512": 0.0}
-    assert zero in render(build_results(prof, {"rnope-swa#seed0": e0, "rnope-swa#seed1": e1}, setup), prof)
+    assert m["per_seed"]["niah"]["heldout/essay"]["512"] == [0.5, 0.6] and m["gate"]["passed"] is True
 
 
 def test_every_training_seed_is_evaluated_on_the_same_items(study, tmp_path):
@@ -193,7 +209,7 @@ def test_every_training_seed_is_evaluated_on_the_same_items(study, tmp_path):
     again = Study(prof, copy, jobs=1, seeds=1, device="cpu", progress=False).evaluate_one(spec, 7, "rope")
     first = json.loads((study / "evals" / "rope.json").read_text())
     assert again["seed"] == 7
-    for key in ("niah", "niah_train_templates", "ruler", "ruler_skipped", "ppl", "analysis"):
+    for key in ("niah", "niah_cells", "ruler", "ruler_tasks", "ruler_skipped", "ppl", "analysis"):
         assert json.loads(json.dumps(again[key])) == first[key], key
 
 
@@ -209,13 +225,13 @@ def test_segment_verdicts_follow_the_papers_comparisons():
 
     ms = {"rope": model("rope", 0.0297, 4.01), "nope": model("nope", 0.0397, 6.17), "qknorm": model("qknorm", 0.0796, 5.09)}
     out = verdicts(ms, prof)
-    assert f"- ❌ NoPE puts the most mass on the needle at {Lx}: nope 0.0397, rope 0.0297, qknorm 0.0796." in out
-    assert f"- ❌ QK-Norm has the least needle mass at {Lx}: qknorm 0.0796, rope 0.0297, nope 0.0397." in out
+    assert f"- ❌ NoPE puts the most mass on the needle at {Lx}: nope 0.0397, rope 0.0297, qknorm 0.0796 (seed means)." in out
+    assert f"- ❌ QK-Norm has the least needle mass at {Lx}: qknorm 0.0796, rope 0.0297, nope 0.0397 (seed means)." in out
     assert (f"- ✅ QK-Norm has higher attention entropy than RoPE at {Lx} (the paper's comparison: 10.71 vs 6.02 at 8k): "
             "qknorm 5.09, rope 4.01; but not higher than NoPE (6.17, not measured in the paper).") in out
     ms["qknorm"] = model("qknorm", 0.01, 7.0)
     out = verdicts(ms, prof)
-    assert f"- ✅ NoPE puts the most mass on the needle at {Lx}: nope 0.0397, rope 0.0297, qknorm 0.0100." in out
-    assert f"- ✅ QK-Norm has the least needle mass at {Lx}: qknorm 0.0100, rope 0.0297, nope 0.0397." in out
+    assert f"- ✅ NoPE puts the most mass on the needle at {Lx}: nope 0.0397, rope 0.0297, qknorm 0.0100 (seed means)." in out
+    assert f"- ✅ QK-Norm has the least needle mass at {Lx}: qknorm 0.0100, rope 0.0297, nope 0.0397 (seed means)." in out
     assert any(line.startswith("- ✅ QK-Norm has higher attention entropy") and line.endswith("and higher than NoPE (6.17, not measured in the paper).")
                for line in out)

@@ -1,21 +1,20 @@
 """Study profiles of ``rnope reproduce``: the models, their shared recipe, and what is measured.
 
 Every model of a study gets the same data, tokenizer, size, token budget and stages (the
-paper's controlled comparison, arXiv 2501.18795 §2):
+paper's controlled comparison, arXiv 2501.18795 §2). The stages (docs/study.md explains each
+choice and what it was measured against):
 
-1. ``near`` — a retrieval curriculum, first step: dense short question/answer documents
-   (:func:`rnope.tasks.recall_document`, ``recall_near``: the value stated 0–2 filler sentences
-   before its question, many documents per sequence). Tiny models trained on text + sparse
-   long passkey documents learn no retrieval at all; at short distances they learn to copy the
-   value within a few hundred steps (the reproduce issue's notes, measured while building this).
-2. ``far`` — the same documents with up to 40 filler sentences: the copy now has to reach
-   across the window, i.e. through the global layers. Their key phrases also draw words from the
-   training prose, so that the model matches the question's key, not a memorised kind word
-   (:func:`rnope.tasks.train_mix.key_words`).
-3. ``pretrain`` — the built-in corpus mixed with recall and train-template passkey documents.
-4. ``long`` — the paper's long-context stage: 4x longer sequences mixed 1:3 with short ones; the
-   RoPE baselines raise theta as the paper did (10k -> 2M); a RoPE-extension row applies its
-   method here instead.
+1. ``near`` -- a retrieval curriculum: only short documents of the retrieval family
+   (:func:`rnope.tasks.family.lookup_document`, ``lookup_near``): one needle, an answer prefix that
+   ends with the words before the value, 0-2 filler sentences, one document per 64-token row. The
+   copy circuit forms here; a NoPE model needs about 3,500 updates for it, RoPE models about 1,500,
+   so the stage is sized for NoPE.
+2. ``mix`` -- the built-in prose mixed with the whole retrieval family at the training length:
+   short documents at growing distances (``lookup_far``), every wording and answer format
+   (``lookup``: several keys, values or queries) and long items over noise, prose, word and
+   distractor-needle haystacks (``lookup_long``).
+3. ``long`` -- the paper's long-context stage: ``long_factor`` x longer sequences mixed 1:3 with
+   short ones; the RoPE baselines raise theta as the paper did (10k -> 2M).
 """
 
 from __future__ import annotations
@@ -48,22 +47,26 @@ class Profile:
     d_ff: int
     window: int
     vocab_size: int  # BPE trained on the built-in prose training split
-    # recipe
-    seq_len: int
+    init_std: float  # weight init (ModelConfig.init_std): larger than the default 0.02 (docs/study.md)
+    # recipe (identical for every row)
+    seq_len: int  # the training length: 1x of every evaluation
     batch_size: int
-    lr: float
-    near_steps: int  # recall_near curriculum stage
-    far_steps: int  # recall (long-distance) curriculum stage
-    curriculum_seq_len: int  # sequence length of the near/far stages (recall documents are short)
-    pretrain_steps: int
+    lr: float  # peak learning rate of the near stage
+    near_steps: int
+    near_seq_len: int
+    mix_steps: int
+    mix_lr: float
+    mix_synthetic_ratio: float
     long_steps: int
     long_factor: int  # long stage length = long_factor · seq_len
-    synthetic_ratio: float
+    long_lr: float
     long_synthetic_ratio: float
+    mix_kinds: tuple[str, ...]  # synthetic kinds of the mix and long stages (a kind listed twice is drawn twice as often)
     # evaluation
     niah_factors: tuple[int, ...]
     niah_depths: tuple[float, ...]
-    niah_samples: int
+    niah_samples: int  # per (length, depth): niah_samples · len(niah_depths) items per length and column
+    niah_columns: tuple[str, ...]  # "WORDING/HAYSTACK": heldout/essay (the primary), passkey/noise, heldout/noise
     ruler_tasks: tuple[str, ...]
     ruler_factors: tuple[int, ...]
     ruler_samples: int
@@ -81,16 +84,23 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def primary(self) -> str:
+        """The NIAH column every verdict reads: held-out wordings over prose."""
+        return self.niah_columns[0]
+
     def tokens_per_model(self) -> int:
         """Training tokens of one model; every step of the long stage holds long_factor x the tokens
         of a short step (B long rows, or long_factor·B short ones)."""
         B = self.batch_size
-        return ((self.near_steps + self.far_steps) * B * self.curriculum_seq_len + self.pretrain_steps * B * self.seq_len
+        return (self.near_steps * B * self.near_seq_len + self.mix_steps * B * self.seq_len
                 + self.long_steps * self.long_factor * B * self.seq_len)
 
 
-#: synthetic kinds of the pre-training and long stages (the curriculum stages set their own)
-PRETRAIN_KINDS = ("recall", "passkey")
+#: the retrieval family in the mix and long stages; lookup_long twice: long items are half of them
+MIX_KINDS = ("lookup_near", "lookup_far", "lookup", "lookup_long", "lookup_long", "lookup_long")
+#: RULER's formats with training wordings (rnope.tasks: split "train"), added where they fit
+RULER_TRAIN_KINDS = ("vt", "cwe", "fwe")
 
 ROPE_LONG = {"rope_theta": 2_000_000.0}  # the paper's RoPE baselines: theta 10k -> 2M for the long stage
 
@@ -103,6 +113,8 @@ PAPER_MODELS = (
     ModelSpec("rnope-swa", "rnope-swa"),
     ModelSpec("swa", "swa"),
 )
+#: quick keeps the paper's core contrast: RoPE, NoPE, the hybrid, and sliding windows alone
+CORE_MODELS = tuple(m for m in PAPER_MODELS if m.name in ("rope", "nope", "rnope-swa", "swa"))
 
 RELATIVES = (
     ModelSpec("rope-abf", "rope-abf"),
@@ -111,51 +123,46 @@ RELATIVES = (
     ModelSpec("rnope-swa-temp", "rnope-swa-temp"),
 )
 
+_NIAH_COLUMNS = ("heldout/essay", "passkey/noise", "heldout/noise")
+
 PROFILES: dict[str, Profile] = {
-    # one seed, 1x-8x the training length, in ~15 minutes on a 2-core CPU: the recipe cut to the bone
-    # (d_model 64, the curriculum at 128 tokens, ~3.5 CPU-minutes per model, 2 at a time). Batch 8
-    # with twice the steps: at this budget the number of updates decides whether retrieval emerges
-    # (batch 16 made it a coin toss; docs/retrieval.md). `standard` is the smallest profile measured
-    # to carry retrieval over to the unseen evaluation template
+    # four models x two seeds in about 15 minutes on a 2-core CPU: d_model 64, training length 128
     "quick": Profile(
         name="quick", d_model=64, n_layer=4, n_head=4, n_kv_head=2, d_ff=192, window=64, vocab_size=1024,
-        seq_len=256, batch_size=8, lr=3e-3, near_steps=800, far_steps=1000, curriculum_seq_len=128, pretrain_steps=500,
-        long_steps=40, long_factor=4, synthetic_ratio=0.5, long_synthetic_ratio=0.5,
-        niah_factors=(1, 2, 4, 8), niah_depths=(0.0, 25.0, 50.0, 75.0, 100.0), niah_samples=2,
-        ruler_tasks=("niah_single_1", "niah_multikey_2", "vt"), ruler_factors=(2, 4), ruler_samples=2,
-        ppl_factors=(1, 2, 4, 8), analysis_factors=(1, 4), analysis_samples=2, seeds=1,
-        models=PAPER_MODELS,
-    ),
-    # one seed, the recipe measured to teach retrieval (configs/retrieval.yaml's): 11-13 CPU-minutes per
-    # model, 45.5 min for the study on a 2-core CPU (docs/study-standard: at 8x rnope-swa 0.83, rope 0.33)
-    "standard": Profile(
-        name="standard", d_model=128, n_layer=4, n_head=4, n_kv_head=2, d_ff=384, window=64, vocab_size=1024,
-        seq_len=256, batch_size=16, lr=2e-3, near_steps=400, far_steps=500, curriculum_seq_len=256, pretrain_steps=400,
-        long_steps=40, long_factor=4, synthetic_ratio=0.5, long_synthetic_ratio=0.5,
-        niah_factors=(1, 2, 4, 8), niah_depths=(0.0, 50.0, 100.0), niah_samples=2,
-        ruler_tasks=("niah_single_1", "niah_multikey_2", "vt"), ruler_factors=(2, 4), ruler_samples=2,
-        ppl_factors=(1, 2, 4, 8), analysis_factors=(1, 4), analysis_samples=1, seeds=1,
-        models=PAPER_MODELS,
+        seq_len=128, batch_size=8, lr=1e-2, near_steps=3600, near_seq_len=64,
+        mix_steps=1000, mix_lr=5e-3, mix_synthetic_ratio=0.75, init_std=0.05,
+        long_steps=40, long_factor=4, long_lr=1e-3, long_synthetic_ratio=0.75, mix_kinds=MIX_KINDS,
+        niah_factors=(1, 2, 4, 8), niah_depths=(0.0, 25.0, 50.0, 75.0, 100.0), niah_samples=10,
+        niah_columns=_NIAH_COLUMNS,
+        ruler_tasks=("niah_single_2", "niah_multikey_1", "vt"), ruler_factors=(4, 8), ruler_samples=50,
+        ppl_factors=(1, 2, 4, 8), analysis_factors=(1, 8), analysis_samples=2, seeds=2,
+        models=CORE_MODELS,
     ),
 }
 
-# three seeds of `standard`'s recipe, 1x-16x, mean +- spread: 158.6 min measured on a 2-core CPU
-# (docs/study-full; 282 training-minutes, 2 at a time). On a GPU it scales up and adds the relatives (GPU_FULL)
-PROFILES["full"] = dataclasses.replace(
-    PROFILES["standard"], name="full", seeds=3,
-    niah_factors=(1, 2, 4, 8, 16), niah_depths=(0.0, 25.0, 50.0, 75.0, 100.0), niah_samples=4,
+# every paper model x three seeds, training length 256, the long stage at 2x (so 8x and 16x lie 4x and 8x past any
+# trained position, as the paper's 256k lies 4x past its 64k stage), 1x-16x, nine RULER tasks: under 3 h on a 2-core CPU.
+# On a GPU it scales up and adds the relatives (GPU_FULL)
+PROFILES["full"] = Profile(
+    name="full", d_model=64, n_layer=4, n_head=4, n_kv_head=2, d_ff=192, window=64, vocab_size=1024,
+    seq_len=256, batch_size=8, lr=1e-2, near_steps=4000, near_seq_len=64,
+    mix_steps=2500, mix_lr=5e-3, mix_synthetic_ratio=0.75, init_std=0.05,
+    long_steps=150, long_factor=2, long_lr=1e-3, long_synthetic_ratio=0.75, mix_kinds=MIX_KINDS + RULER_TRAIN_KINDS,
+    niah_factors=(1, 2, 4, 8, 16), niah_depths=(0.0, 25.0, 50.0, 75.0, 100.0), niah_samples=10,
+    niah_columns=_NIAH_COLUMNS[:2],
     ruler_tasks=("niah_single_1", "niah_single_2", "niah_multikey_1", "niah_multikey_2", "niah_multivalue",
                  "niah_multiquery", "vt", "cwe", "fwe"),
-    ruler_factors=(1, 2, 4, 8), ruler_samples=4,
-    ppl_factors=(1, 2, 4, 8, 16), analysis_factors=(1, 4, 8), analysis_samples=2,
+    ruler_factors=(1, 2, 4, 8), ruler_samples=25,  # 25 per task: 150-225 RULER items per length
+    ppl_factors=(1, 2, 4, 8, 16), analysis_factors=(1, 4, 8), analysis_samples=2, seeds=3,
+    models=PAPER_MODELS,
 )
 
 # A minutes-free profile for the test suite: the whole pipeline on two tiny models.
 PROFILES["smoke"] = Profile(
     name="smoke", d_model=32, n_layer=4, n_head=2, n_kv_head=1, d_ff=64, window=32, vocab_size=512,
-    seq_len=256, batch_size=2, lr=3e-3, near_steps=1, far_steps=1, curriculum_seq_len=128, pretrain_steps=2, long_steps=2, long_factor=2,
-    synthetic_ratio=0.5, long_synthetic_ratio=0.5,
-    niah_factors=(1, 2), niah_depths=(50.0,), niah_samples=1,
+    seq_len=256, batch_size=2, lr=3e-3, near_steps=2, near_seq_len=64, mix_steps=2, mix_lr=3e-3, init_std=0.02,
+    mix_synthetic_ratio=0.5, long_steps=2, long_factor=2, long_lr=1e-3, long_synthetic_ratio=0.5, mix_kinds=MIX_KINDS,
+    niah_factors=(1, 2), niah_depths=(50.0,), niah_samples=1, niah_columns=_NIAH_COLUMNS,
     # niah_multikey_1 does not fit 256 tokens: the study must skip that length, not crash after training
     ruler_tasks=("niah_single_1", "niah_multikey_1"), ruler_factors=(1, 2), ruler_samples=1,
     ppl_factors=(1, 2), analysis_factors=(1, 2), analysis_samples=1, seeds=1,
@@ -163,9 +170,9 @@ PROFILES["smoke"] = Profile(
 )
 
 # On a GPU the full profile scales its model and budget up (same shape of study) and adds the relatives.
-GPU_FULL = dict(models=PAPER_MODELS + RELATIVES, d_model=512, n_layer=8, n_head=8, n_kv_head=2, d_ff=1536, window=256, vocab_size=4096, seq_len=1024,
-                batch_size=32, lr=2e-3, near_steps=600, far_steps=900, curriculum_seq_len=512, pretrain_steps=4000,
-                long_steps=800)
+GPU_FULL = dict(models=PAPER_MODELS + RELATIVES, d_model=512, n_layer=8, n_head=8, n_kv_head=2, d_ff=1536, window=256,
+                vocab_size=4096, seq_len=1024, batch_size=32, lr=2e-3, near_steps=1500, near_seq_len=256,
+                mix_steps=4000, mix_lr=1e-3, long_steps=800, long_lr=5e-4)
 
 
 def get_profile(name: str, *, gpu: bool = False) -> Profile:

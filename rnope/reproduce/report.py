@@ -23,43 +23,8 @@ PAPER_LABOUR = {  # NoPE needle, NoPE end, RoPE needle, RoPE end, needles-128k
 }
 SEG = ("begin", "needle", "context", "end")
 
-# What was tried to make tiny models retrieve (measured while building rnope, 2-core CPU, fp32).
-TRIED = [
-    "## Retrieval at tiny scale: what was tried", "",
-    "- Byte-level tokenizer, d_model 128, 4 layers, T 256, multi-key passkey documents (train templates) mixed with "
-    "prose: loss fell to 0.25 but passkey accuracy stayed 0 for 600 steps (rope and rnope-swa alike).",
-    "- Token-space copy task (a random span repeated): both rope and rnope-swa solve it in ~200 steps (loss 0.19 → 0.001); "
-    "token-space MQAR with 16 pairs stayed at chance (ln 128) for 300 steps for both.",
-    "- BPE-1024 tokenizer + a copy warm-up (so the induction circuit exists) + stdlib prose + train-template passkey / NIAH "
-    "documents: after 500 steps the model answers the training template with a 5-digit number, but the wrong one "
-    "(format learned, retrieval not).",
-    "- A copy warm-up then formed the induction circuit (word-copy accuracy 0.95 after 300 steps for rope; rnope-swa, "
-    "whose only long-range layer is its one NoPE layer, only 0.63), yet neither model then copied passkey digits "
-    "(teacher-forced, every digit predicted as the same frequent digit).",
-    "- What worked: a distance curriculum on dense question/answer documents (`recall_near`, then `recall`, many per "
-    "sequence). At 0–2 filler sentences rnope-swa copies the 5-digit value after ~250 steps; trained at up to 20 sentences "
-    "from scratch it stays at chance for 400 steps, but continued from the short-distance model it climbs (answer-token "
-    "accuracy 0.37 → 0.72 in 400 steps). Through `rnope train` (d_model 128, 4 layers, batch 16 × 256): after 400 near + "
-    "500 far + 400 mixed steps, rnope-swa retrieves train-template passkeys at 256 tokens 16/16 (at step 1000 it was 1/16: "
-    "a late phase change; rope was at 10/16 already at step 900 — the hybrid learns it later, as the issue anticipated).",
-    "- With only three train key phrases the models memorised them and answered the eval template ('the pass key') "
-    "with a train phrase; recall documents therefore draw their key from ~400 phrases (train nouns × kind words), "
-    "none in an eval template.",
-    "- At the `quick` budget (3–5 CPU-minutes per model) with batch 16, retrieval emerged or not depending on the seed: "
-    "nine rnope-swa runs (d_model 64–96, 400 + 500 curriculum steps at 128 tokens) scored 0.00–1.00 on the training "
-    "templates at 1× and 0.00–0.80 on the evaluation template. The same tokens in batches of 8, so twice the updates, "
-    "gave 0.90–1.00 on the training templates up to 8× in both seeds tried; `quick` trains that way.",
-    "- Those models still missed the unseen evaluation template: they found the needle but got its first token wrong "
-    "(' 13054.' for 97054). Teacher-forced probes with hand-made key phrases showed why: the whole value was "
-    "right 0.96–1.00 of the time after a key ending in one of the ten training kind words ('zebra ticket', an unseen "
-    "first word), and 0.00–0.21 after keys ending in 'key' ('pass key', 'secret key', 'falcon key'). The model had "
-    "learned 'copy the number after <kind word> is', not 'after the question's key'. Far recall documents now also "
-    "draw both key words from the training prose (any 3–10 letter word, never a word of an evaluation template); "
-    "near documents keep the closed set, on which the copy circuit forms fastest (open words there too lost "
-    "retrieval in one of two seeds). With that, four rnope-swa seeds of the quick recipe scored 0.80–1.00 on the "
-    "evaluation template at 4× (mean 0.94) and 0.70–1.00 at 8× (mean 0.90), where the closed set gave 0.00–0.15 "
-    "(docs/retrieval.md).", "",
-]
+GATE = 0.8  # a model "retrieves at 1x" when its mean over seeds reaches this (primary column)
+_EPS = 1e-9  # item scores are multiples of 1/n: a mean that reaches a target exactly must not miss it by rounding
 
 
 def _base(name: str) -> str:
@@ -74,25 +39,36 @@ def _agg(values: list[float]) -> tuple[float, float]:
 
 
 def build_results(profile, evals: dict[str, dict], setup: dict) -> dict[str, Any]:
-    """``results.json``: per model (seeds averaged; spreads under ``spread``)."""
+    """``results.json``: per model (seeds averaged; spreads under ``spread``, every seed's value under
+    ``per_seed``, in seed order)."""
     groups: dict[str, list[dict]] = {}
     for name, r in evals.items():
         groups.setdefault(_base(name), []).append(r)
     models: dict[str, Any] = {}
     for name, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r.get("seed", 0))
         m: dict[str, Any] = {"train_seq_len": rs[0]["train_seq_len"], "preset": rs[0]["preset"], "parameters": rs[0]["parameters"],
-                             "seeds": len(rs), "spread": {}}
+                             "seeds": len(rs), "spread": {}, "per_seed": {"seed": [r.get("seed", 0) for r in rs]}}
         m["val_loss"], m["spread"]["val_loss"] = _agg([r["val_loss"] for r in rs])
-        for key in ("niah", "ruler", "ppl", "niah_train_templates"):
-            if key not in rs[0]:  # evaluations cached by an older rnope lack the diagnostic
-                continue
-            m[key], m["spread"][key] = {}, {}
-            for L in rs[0][key]:
-                m[key][L], m["spread"][key][L] = _agg([r.get(key, {}).get(L) for r in rs])
+        m["per_seed"]["val_loss"] = [r["val_loss"] for r in rs]
+        m["niah"], m["spread"]["niah"], m["per_seed"]["niah"] = {}, {}, {}
+        for col in rs[0]["niah"]:
+            m["niah"][col], m["spread"]["niah"][col], m["per_seed"]["niah"][col] = {}, {}, {}
+            for L in rs[0]["niah"][col]:
+                vals = [r["niah"][col].get(L) for r in rs]
+                m["niah"][col][L], m["spread"]["niah"][col][L] = _agg(vals)
+                m["per_seed"]["niah"][col][L] = vals
+        for key in ("ruler", "ruler_tasks", "ppl"):
+            m[key], m["spread"][key], m["per_seed"][key] = {}, {}, {}
+            for L in rs[0].get(key, {}):
+                vals = [r.get(key, {}).get(L) for r in rs]
+                m[key][L], m["spread"][key][L] = _agg(vals)
+                m["per_seed"][key][L] = vals
         m["kv_speed"] = rs[0]["kv_speed"]
+        m["ruler_run"] = rs[0].get("ruler_run", {})
         if rs[0].get("ruler_skipped"):
             m["ruler_skipped"] = rs[0]["ruler_skipped"]
-        m["segments"], m["entropy"], m["labour"] = {}, {}, {}
+        m["segments"], m["entropy"] = {}, {}
         m["spread"]["segments"], m["spread"]["entropy"] = {}, {}
         for i, a in enumerate(rs[0]["analysis"]):
             L = str(a["length"])
@@ -100,8 +76,11 @@ def build_results(profile, evals: dict[str, dict], setup: dict) -> dict[str, Any
             m["segments"][L] = {g: {k: v[0] for k, v in d.items()} for g, d in seg.items()}
             m["spread"]["segments"][L] = {g: {k: v[1] for k, v in d.items()} for g, d in seg.items()}
             m["entropy"][L], m["spread"]["entropy"][L] = _agg([r["analysis"][i]["entropy"]["all"] for r in rs])
+        p1 = m["niah"].get(profile.primary, {}).get(str(profile.seq_len))
+        m["gate"] = {"column": profile.primary, "threshold": GATE, "value": p1,
+                     "passed": p1 is not None and not math.isnan(p1) and p1 >= GATE - _EPS}
         models[name] = m
-    return {"profile": profile.name, "setup": setup, "models": models}
+    return {"profile": profile.name, "profile_hash": profile.hash(), "setup": setup, "models": models}
 
 
 def _f(x, d=3) -> str:
@@ -121,10 +100,28 @@ def _spread(m: dict, key: str, length: str):
     return m.get("spread", {}).get(key, {}).get(length, {} if key == "segments" else None)
 
 
+_COLUMN_TEXT = {
+    "heldout/essay": "held-out wordings of the retrieval family over prose no training run sees (the primary column)",
+    "passkey/noise": "the canonical passkey ('The pass key is 12345. Remember it. ...') over the grass/sky filler (stricter: "
+                     "one fixed wording the models never saw)",
+    "heldout/noise": "held-out wordings over the grass/sky filler",
+}
+
+
+def _niah_row(m: dict, col: str, lengths: list[str], d: int = 2) -> list[str]:
+    return [_pm(m["niah"].get(col, {}).get(x), m["spread"]["niah"].get(col, {}).get(x), d) for x in lengths]
+
+
+def _seeds(vals) -> str:
+    return " / ".join("–" if v is None else f"{v:.2f}" for v in vals)
+
+
 def render(results: dict, profile) -> str:
     ms = results["models"]
     setup = results["setup"]
     L = profile.seq_len
+    n_seeds = setup.get("seeds", 1)
+    items = profile.niah_samples * len(profile.niah_depths)
     lines = [f"# rnope reproduce — profile `{profile.name}`", "",
              "A laptop-scale replication of *Rope to Nope and Back Again* (arXiv 2501.18795). Paper numbers are",
              "from 8B models trained on 750B+ tokens; ours are tiny models trained for minutes, so compare the",
@@ -135,46 +132,54 @@ def render(results: dict, profile) -> str:
         f"- Models: {', '.join(f'`{n}`' for n in ms)} — {any_m['parameters']:,} parameters each "
         f"({profile.n_layer} layers, d_model {profile.d_model}, {profile.n_head} heads / {profile.n_kv_head} KV heads, "
         f"window {profile.window}, BPE vocabulary {profile.vocab_size}).",
-        f"- Recipe (identical for every model): a retrieval curriculum — {profile.near_steps} steps of dense short recall documents "
-        f"(value 0–2 sentences before its question), {profile.far_steps} steps with up to 40 filler sentences, both at "
-        f"{profile.curriculum_seq_len} tokens — then pre-training "
-        f"{profile.pretrain_steps} steps at {L} tokens (built-in prose mixed with recall + train-template passkey documents, "
-        f"synthetic ratio {profile.synthetic_ratio}), long-context stage {profile.long_steps} steps at "
-        f"{profile.long_factor * L} tokens mixed 1:3 with {L}-token sequences; batch {profile.batch_size}; RoPE baselines raise theta "
-        "10k → 2M for the long stage as the paper did.",
-        f"- Tokens per model: {setup.get('tokens_per_model', '–'):,}" if isinstance(setup.get("tokens_per_model"), int) else "- Tokens per model: –",
-        f"- Seeds: {setup['seeds']}; {setup['minutes']:.1f} min of wall time over its invocations ({setup['train_seconds'] / 60:.1f} "
+        f"- Recipe (identical for every model, docs/study.md): {profile.near_steps} steps of short retrieval-family "
+        f"documents at {profile.near_seq_len} tokens (`near`, peak lr {profile.lr:g}); {profile.mix_steps} steps at the "
+        f"training length {L} mixing the built-in prose ({1 - profile.mix_synthetic_ratio:.0%} of the sequences) with the "
+        f"whole retrieval family (`mix`, lr {profile.mix_lr:g}); the paper's long-context stage, {profile.long_steps} steps "
+        f"at {profile.long_factor * L} tokens mixed 1:3 with {L}-token sequences (`long`, lr {profile.long_lr:g}), the RoPE "
+        f"baselines raising theta 10k → 2M there. Batch {profile.batch_size}.",
+        f"- Tokens per model: {setup['tokens_per_model']:,}." if isinstance(setup.get("tokens_per_model"), int) else "- Tokens per model: –.",
+        f"- Seeds: {n_seeds}; {setup['minutes']:.1f} min of wall time over its invocations ({setup['train_seconds'] / 60:.1f} "
         f"training-minutes over all models); hardware: {setup['machine']}.",
-        f"- Data: built-in corpus (stdlib prose) sha256 `{setup.get('corpus_hash', '–')}`; evaluation items use the eval templates, seeds and"
-        " the held-out split (disjoint from training)" + ("; every training seed is evaluated on the same items, so a ± is"
-        " the spread over training seeds alone." if setup.get("seeds", 1) > 1 and setup.get("fixed_eval_items") else "."), "",
-    ]
-    # ---- Table 2 analogue
+        f"- Data: built-in corpus (stdlib prose) sha256 `{setup.get('corpus_hash', '–')}`. Evaluation items draw "
+        "wordings, key words, values and haystack sentences that no training document contains "
+        "(`tests/test_family.py` checks it); every seed is scored on the same items, so a ± is the spread over training "
+        "seeds alone.", "",
+        "## Retrieval against length (NIAH)", "",
+        f"Each cell: {items} items per length ({len(profile.niah_depths)} depths × {profile.niah_samples}), greedy "
+        "continuation of the answer prefix, scored 1 when it holds the needle's exact value"
+        + (f"; mean ± sample standard deviation over the {n_seeds} seeds" if n_seeds > 1 else "") + ". "
+        f"A model *retrieves at 1×* when its mean in the primary column reaches {GATE}; only then is its score past the "
+        "training length read as a length effect. Columns:", ""]
+    for col in profile.niah_columns:
+        lines.append(f"- `{col}`: {_COLUMN_TEXT.get(col, col)}.")
     facs = profile.niah_factors
-    head = "| model | val loss @ {L} | paper val loss | ".format(L=L) + " | ".join(f"NIAH {f}× ({f * L})" for f in facs) + " | paper needles 65k |"
-    lines += ["## Table 2 analogue: short-context loss and retrieval beyond the training length", "", head,
-              "|" + "---|" * (4 + len(facs))]
-    for n, m in ms.items():
-        niah = [_pm(m["niah"].get(str(f * L)), m["spread"]["niah"].get(str(f * L)), 2) for f in facs]
-        lines.append(f"| {n} | {_pm(m['val_loss'], m['spread']['val_loss'])} | {_f(PAPER_VAL.get(n), 2)} | " + " | ".join(niah)
-                     + f" | {_f(PAPER_NEEDLES_65K.get(n), 2)} |")
-    lines += ["", "NIAH = passkey accuracy averaged over depths (EVAL.md template, greedy, exact value)."
-              + (f" Every table: mean ± sample standard deviation over the {setup['seeds']} seeds (a bare number: no spread)."
-                 if setup.get("seeds", 1) > 1 else ""), ""]
-    if any("niah_train_templates" in m for m in ms.values()):
-        lines += ["Diagnostic — the same grid built from the *training* templates and filler (not a paper metric): it tells "
-                  "a model that cannot retrieve from one that retrieves but does not carry the skill to the unseen "
-                  "evaluation template.", "", "| model | " + " | ".join(f"train-template NIAH {f}×" for f in facs) + " |",
-                  "|" + "---|" * (1 + len(facs))]
+    lengths = [str(f * L) for f in facs]
+    for col in profile.niah_columns:
+        lines += ["", f"### `{col}`", "", "| model | " + " | ".join(f"{f}× ({f * L})" for f in facs) + " |",
+                  "|---|" + "---|" * len(facs)]
         for n, m in ms.items():
-            t = m.get("niah_train_templates", {})
-            lines.append(f"| {n} | " + " | ".join(_f(t.get(str(f * L)), 2) for f in facs) + " |")
-        lines.append("")
-    # one heat map per evaluated model; with several seeds the files are niah_NAME#seedK.png: show seed 0
-    # ('#' escaped as %23, else the link would end at a URL fragment)
-    multi = setup.get("seeds", 1) > 1
-    lines += [f"![NIAH {n}{' (seed 0)' if multi else ''}](figures/niah_{n}{'%23seed0' if multi else ''}.png)"
-              for n in ("rope", "rnope-swa", "swa") if n in ms] + [""]
+            lines.append(f"| {n} | " + " | ".join(_niah_row(m, col, lengths)) + " |")
+    if n_seeds > 1:
+        lines += ["", f"Per seed, `{profile.primary}` (seeds " + ", ".join(map(str, any_m["per_seed"]["seed"])) + "):", "",
+                  "| model | " + " | ".join(f"{f}×" for f in facs) + " |", "|---|" + "---|" * len(facs)]
+        for n, m in ms.items():
+            lines.append(f"| {n} | " + " | ".join(_seeds(m["per_seed"]["niah"].get(profile.primary, {}).get(x, []))
+                                                  for x in lengths) + " |")
+    multi = n_seeds > 1
+    lines += [""] + [f"![NIAH {n}{' (seed 0)' if multi else ''}](figures/niah_{n}{'%23seed0' if multi else ''}.png)"
+                     for n in ("rope", "nope", "rnope-swa", "swa") if n in ms] + [""]
+    # ---- Table 2 analogue
+    lines += ["## Table 2 analogue: short-context loss and retrieval", "",
+              f"| model | val loss @ {L} | paper val loss | NIAH 1× | NIAH {facs[-1]}× | paper needles 65k |", "|---|---|---|---|---|---|"]
+    for n, m in ms.items():
+        c = m["niah"].get(profile.primary, {})
+        sd = m["spread"]["niah"].get(profile.primary, {})
+        lines.append(f"| {n} | {_pm(m['val_loss'], m['spread']['val_loss'])} | {_f(PAPER_VAL.get(n), 2)} | "
+                     f"{_pm(c.get(str(L)), sd.get(str(L)), 2)} | {_pm(c.get(lengths[-1]), sd.get(lengths[-1]), 2)} | "
+                     f"{_f(PAPER_NEEDLES_65K.get(n), 2)} |")
+    lines += ["", f"Validation loss: next-token loss on the held-out split of the built-in prose at {L} tokens. NIAH: "
+              f"`{profile.primary}`.", ""]
     # ---- segments
     lines += ["## Attention mass by segment (End queries; all layers and heads)", "",
               "| model | length | begin | needle | context | end | paper (8k / 32k) begin·needle·context·end |", "|---|---|---|---|---|---|---|"]
@@ -202,23 +207,10 @@ def render(results: dict, profile) -> str:
         cells = [_pm(seg.get(g, {}).get(k), sd.get(g, {}).get(k), 4) for g in ("nope_layers", "rope_layers") for k in ("needle", "end")]
         p = PAPER_LABOUR.get(n)
         ptxt = " · ".join("–" if v is None else _f(v, 4 if i < 4 else 2) for i, v in enumerate(p)) if p else "–"
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {_pm(m['niah'].get(Lx), m['spread']['niah'].get(Lx), 2)} | {ptxt} |")
-    # ---- RULER, ppl, KV
-    rl = sorted({int(k) for m in ms.values() for k in m["ruler"]})
-    lines += ["", f"## RULER synthetic subset ({', '.join(profile.ruler_tasks)}), mean score × 100", "",
-              "| model | " + " | ".join(map(str, rl)) + " |", "|---|" + "---|" * len(rl)]
-    for n, m in ms.items():
-        lines.append(f"| {n} | " + " | ".join(_pm(m["ruler"].get(str(x)), m["spread"]["ruler"].get(str(x)), 1) for x in rl) + " |")
-    skipped = next((m["ruler_skipped"] for m in ms.values() if m.get("ruler_skipped")), {})
-    if skipped:
-        lines += [""] + [f"Not evaluated at {k} tokens: {v}." for k, v in skipped.items()]
-    scores = [v for m in ms.values() for v in m["ruler"].values()]
-    if scores and all(v == 0 for v in scores):
-        lines += ["", "Every model scored 0 on every task at every length, so this table does not separate the "
-                  "variants. The models never saw RULER's question formats in training (plural answers, variable "
-                  "chains, word counts, 7-digit values): asked for 'the special magic numbers for X', a model that "
-                  "retrieves passkeys answers with prose. At this scale RULER measures template transfer, not "
-                  "retrieval; the NIAH grid above is the retrieval measurement."]
+        nv = m["niah"].get(profile.primary, {}).get(Lx)
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {_pm(nv, m['spread']['niah'].get(profile.primary, {}).get(Lx), 2)} | {ptxt} |")
+    lines += _ruler_section(ms, profile)
+    # ---- ppl, KV
     pl = sorted({int(k) for m in ms.values() for k in m["ppl"]})
     lines += ["", "## Perplexity vs evaluation length (same final tokens scored at every length)", "",
               "| model | " + " | ".join(map(str, pl)) + " |", "|---|" + "---|" * len(pl)]
@@ -232,79 +224,155 @@ def render(results: dict, profile) -> str:
         k = m["kv_speed"]
         theory = 0.25 + 0.75 * profile.window / (k["length"] + 32) if m["preset"].startswith("rnope-swa") else None
         lines.append(f"| {n} | {k['length']} | {k['kv_bytes']:,} | {k['kv_ratio']:.3f} | {_f(theory, 3)} | {k['decode_tok_s']:.0f} |")
-    lines += ["", note, "", "## What reproduced and what did not", ""] + verdicts(ms, profile) + [""] + TRIED
+    lines += ["", note, "", "## What reproduced and what did not", "",
+              f"Every verdict reads `{profile.primary}`"
+              + (f" and holds only if it holds in each of the {n_seeds} seeds" if n_seeds > 1 else "")
+              + "; ✅ holds, ❌ does not, ⚠️ withheld or not informative.", ""] + verdicts(ms, profile)
     return "\n".join(lines)
 
 
-def verdicts(ms: dict, profile) -> list[str]:
-    """Automatic, numeric checks of the issue's targets — stated whichever way they come out."""
+_NIAH_AND_VT = ("niah_", "vt")
+
+
+def _ruler_section(ms: dict, profile) -> list[str]:
+    rl = sorted({int(k) for m in ms.values() for k in m["ruler"]})
+    if not rl:
+        return ["", "## RULER", "", "Not evaluated: no task fits the evaluated lengths."]
     L = profile.seq_len
-    out = []
+    run = next(iter(ms.values())).get("ruler_run", {})
+    out = ["", "## RULER (synthetic tasks in RULER's own wordings; mean score × 100 over the tasks run)", "",
+           f"{profile.ruler_samples} items per task and length, essay haystack from rnope's held-out prose, "
+           "`string_match_all`. The models were taught these answer formats with other wordings only. At each length "
+           "the mean covers the tasks whose template fits it (RULER's published average covers 13 tasks, QA included):",
+           ""]
+    for x in rl:
+        out.append(f"- {x} tokens ({x // L}×): {', '.join(run.get(str(x), profile.ruler_tasks))}.")
+    out += ["", "| model | " + " | ".join(f"{x} ({x // L}×, {len(run.get(str(x), profile.ruler_tasks))} tasks)" for x in rl)
+            + " |", "|---|" + "---|" * len(rl)]
+    for n, m in ms.items():
+        out.append(f"| {n} | " + " | ".join(_pm(m["ruler"].get(str(x)), m["spread"]["ruler"].get(str(x)), 1) for x in rl) + " |")
+    shown = list(dict.fromkeys([rl[0], *[x for x in rl if x > profile.long_factor * L][:1]]))
+    for x in shown:
+        tasks = run.get(str(x), list(profile.ruler_tasks))
+        out += ["", f"Per task at {x} tokens ({x // L}×):", "", "| model | " + " | ".join(tasks) + " |",
+                "|---|" + "---|" * len(tasks)]
+        for n, m in ms.items():
+            out.append(f"| {n} | " + " | ".join(_pm(m["ruler_tasks"].get(f"{t}@{x}"),
+                                                    m["spread"]["ruler_tasks"].get(f"{t}@{x}"), 1) for t in tasks) + " |")
+    return out
 
-    def niah(n, f):
-        return ms.get(n, {}).get("niah", {}).get(str(f * L))
 
-    far = 4 if profile.name == "quick" or 8 not in profile.niah_factors else 8  # the issue: 8×, quick 4×
-    best1 = max((m["niah"].get(str(L), 0.0) for m in ms.values()), default=0.0)
-    t1 = {n: m.get("niah_train_templates", {}).get(str(L)) for n, m in ms.items()}
-    fluent = sorted(n for n, v in t1.items() if v is not None and v >= 0.9)
-    transfer = [n for n in fluent if ms[n]["niah"].get(str(L), 0.0) < 0.5]
-    if transfer:
-        out.append(f"- ⚠️ {', '.join(transfer)} retrieve(s) with the training templates at 1× (≥ 0.9) but not with the unseen "
-                   "evaluation template (< 0.5 at 1×): at this scale their NIAH misses measure template transfer, not length.")
-    if best1 < 0.2:
-        out.append(f"- ❌ No model learned passkey retrieval even at the training length (best NIAH at 1×: {best1:.2f}); the "
-                   "checks below that expect a model to *fail* (RoPE past its length, SWA past its window) are therefore "
-                   "not informative here.")
-    v = niah("rnope-swa", far)
-    if v is not None:
-        ok = v >= 0.9
-        out.append(f"- {'✅' if ok else '❌'} rnope-swa NIAH at {far}× the training length: {v:.2f} (target ≥ 0.9).")
-    for f in (4, 8):
-        v = niah("rope", f)
-        if v is not None:
-            v1 = niah("rope", 1)
-            if v1 is not None and v1 < 0.5:  # it misses at its own length too: the check says nothing about length
-                tt = ms["rope"].get("niah_train_templates", {})
-                parts = [f"{tt[str(g * L)]:.2f} at {g}×" for g in dict.fromkeys((1, f, 8)) if str(g * L) in tt]
-                extra = f"; with the training templates {', '.join(parts)}" if parts else ""
-                out.append(f"- ⚠️ rope NIAH at {f}×: {v:.2f} (target < 0.2), but vacuous: rope scores {v1:.2f} at 1× with the "
-                           f"evaluation template{extra} (the long stage trains at {profile.long_factor}×).")
-            else:
-                seen = " — the long stage trained it at this length" if f <= profile.long_factor else ""
-                out.append(f"- {'✅' if v < 0.2 else '❌'} rope NIAH at {f}×: {v:.2f} (target < 0.2: RoPE fails past its length{seen}).")
-                # the cleaner test: the first length past every position the long stage trained
-                g = min((h for h in profile.niah_factors if h > max(f, profile.long_factor)), default=None)
-                if f <= profile.long_factor and g is not None and niah("rope", g) is not None:
-                    w = niah("rope", g)
-                    out.append(f"- {'✅' if w < 0.2 else '❌'} rope NIAH at {g}×, past the long stage's {profile.long_factor}×: "
-                               f"{w:.2f} (target < 0.2).")
-            break
-    tt_far = {n: m.get("niah_train_templates", {}).get(str(far * L)) for n, m in ms.items()}
-    if tt_far.get("rnope-swa") is not None and fluent:
-        others = ", ".join(f"{n} {v:.2f}" for n, v in tt_far.items() if n != "rnope-swa" and v is not None)
-        out.append(f"- ℹ️ Diagnostic, training templates (not the paper's metric): at {far}× rnope-swa scores "
-                   f"{tt_far['rnope-swa']:.2f}; {others}.")
-    a, b = ms.get("rnope-swa", {}).get("val_loss"), ms.get("rope", {}).get("val_loss")
-    if a is not None and b is not None:
-        rel = (a - b) / b
-        out.append(f"- {'✅' if rel <= 0.02 else '❌'} rnope-swa val loss {a:.3f} vs rope {b:.3f} ({100 * rel:+.1f}%; target within 2%).")
-    v1 = niah("swa", 1)
-    vf = niah("swa", far)
-    if v1 is not None and vf is not None:
-        out.append(f"- swa (window {profile.window}) NIAH {v1:.2f} at 1× vs {vf:.2f} at {far}× (it cannot see a needle farther than its window).")
+def _ruler_niah_vt(m: dict, length: str, seed: int | None = None) -> float | None:
+    """Mean score (0-1) over the NIAH tasks and vt run at ``length`` (seed mean, or one seed's)."""
+    tasks = [t for t in m.get("ruler_run", {}).get(length, []) if t.startswith(_NIAH_AND_VT)]
+    vals = []
+    for t in tasks:
+        key = f"{t}@{length}"
+        v = m["ruler_tasks"].get(key) if seed is None else (m["per_seed"]["ruler_tasks"].get(key) or [None] * (seed + 1))[seed]
+        if v is None:
+            return None
+        vals.append(v / 100)
+    return sum(vals) / len(vals) if vals else None
+
+
+def verdicts(ms: dict, profile) -> list[str]:
+    """Automatic, numeric checks of the study's claims, stated whichever way they come out: a claim
+    is ✅ only if it holds in every seed; a claim about failing beyond the training length is made
+    only for a model that retrieves at 1×."""
+    L, col = profile.seq_len, profile.primary
+    out: list[str] = []
+
+    def per_seed(n: str, f: int) -> list[float]:
+        return [v for v in ms.get(n, {}).get("per_seed", {}).get("niah", {}).get(col, {}).get(str(f * L), []) if v is not None]
+
+    def mean(n: str, f: int) -> float | None:
+        v = ms.get(n, {}).get("niah", {}).get(col, {}).get(str(f * L))
+        return None if v is None or math.isnan(v) else v
+
+    def show(n: str, f: int) -> str:
+        vals = per_seed(n, f)
+        return f"{mean(n, f):.2f}" + (f" (seeds {_seeds(vals)})" if len(vals) > 1 else "")
+
+    passed = {n for n, m in ms.items() if m.get("gate", {}).get("passed")}
+    # 1. the gate
+    for n in ms:
+        if mean(n, 1) is None:
+            continue
+        if n in passed:
+            out.append(f"- ✅ {n} retrieves at 1× ({L} tokens): {show(n, 1)} (gate: mean ≥ {GATE}).")
+        elif n.startswith("swa"):
+            out.append(f"- ℹ️ {n} at 1×: {show(n, 1)}; with a window of {profile.window} it sees a needle only when it sits "
+                       "within the window of the question.")
+        else:
+            out.append(f"- ❌ {n} does not retrieve at 1× ({L} tokens): {show(n, 1)} (gate: mean ≥ {GATE}); its scores past "
+                       "the training length say nothing about length, and no length verdict is drawn for it.")
+    # 2. beyond the training length
+    beyond = [f for f in profile.niah_factors if f > profile.long_factor] or [max(profile.niah_factors)]
+    for f in beyond:
+        v = mean("rnope-swa", f)
+        if v is None:
+            continue
+        if "rnope-swa" not in passed:
+            out.append(f"- ⚠️ rnope-swa at {f}×: {show('rnope-swa', f)}, withheld: it does not retrieve at 1×.")
+            continue
+        ok = v >= 0.9 - _EPS and all(x >= 0.8 - _EPS for x in per_seed("rnope-swa", f))
+        out.append(f"- {'✅' if ok else '❌'} rnope-swa keeps retrieving at {f}× the training length, past the long "
+                   f"stage's {profile.long_factor}×: {show('rnope-swa', f)} (target: mean ≥ 0.9, every seed ≥ 0.8).")
+    f = beyond[0]
+    for n in ms:
+        if n == "rnope-swa" or n.startswith("swa") or mean(n, f) is None:
+            continue
+        if n not in passed:
+            out.append(f"- ⚠️ \"{n} fails beyond its training length\" is withheld: {n} does not retrieve at 1×.")
+            continue
+        fails = all(x < 0.2 for x in per_seed(n, f))
+        out.append(f"- {'✅' if fails else '❌'} {n} fails beyond its training length: {show(n, f)} at {f}×, past the "
+                   f"long stage's {profile.long_factor}× (target: < 0.2 in every seed).")
+    # 3. the short-context cost of the hybrid
+    a, b = ms.get("rnope-swa", {}), ms.get("rope", {})
+    if a.get("val_loss") is not None and b.get("val_loss") is not None:
+        rel = (a["val_loss"] - b["val_loss"]) / b["val_loss"]
+        pairs = list(zip(a["per_seed"].get("val_loss", []), b["per_seed"].get("val_loss", [])))
+        ok = all((x - y) / y <= 0.02 for x, y in pairs) if pairs else rel <= 0.02
+        out.append(f"- {'✅' if ok else '❌'} rnope-swa val loss {a['val_loss']:.3f} vs rope {b['val_loss']:.3f} "
+                   f"({100 * rel:+.1f}%; target: within 2% in every seed).")
+    # 4. RULER
+    rl = sorted(int(k) for k in next(iter(ms.values())).get("ruler", {}))
+    if rl:
+        first = str(rl[0])
+        for n in ("rope", "rnope-swa"):
+            if n not in ms:
+                continue
+            v = _ruler_niah_vt(ms[n], first)
+            if v is None:
+                continue
+            seeds = [_ruler_niah_vt(ms[n], first, seed=i) for i in range(ms[n]["seeds"])]
+            tasks = [t for t in ms[n]["ruler_run"].get(first, []) if t.startswith(_NIAH_AND_VT)]
+            ok = v >= 0.5 - _EPS and all(x is not None and x >= 0.5 - _EPS for x in seeds)
+            out.append(f"- {'✅' if ok else '❌'} RULER at {first} tokens ({int(first) // L}×), mean of the NIAH tasks and vt "
+                       f"({len(tasks)}: {', '.join(tasks)}): {n} {v:.2f}"
+                       + (f" (seeds {_seeds(seeds)})" if len(seeds) > 1 else "") + " (target ≥ 0.5).")
+        if "rope" in ms and "rnope-swa" in ms:
+            past = [x for x in rl if x > profile.long_factor * L] or rl[1:]
+            for x in past:
+                a_ = ms["rnope-swa"]["per_seed"]["ruler"].get(str(x), [])
+                b_ = ms["rope"]["per_seed"]["ruler"].get(str(x), [])
+                ok = bool(a_) and all(p is not None and q is not None and p > q for p, q in zip(a_, b_))
+                out.append(f"- {'✅' if ok else '❌'} RULER at {x} tokens ({x // L}×, past the long stage): rnope-swa "
+                           f"{ms['rnope-swa']['ruler'][str(x)]:.1f} vs rope {ms['rope']['ruler'][str(x)]:.1f} "
+                           "(target: rnope-swa above rope in every seed).")
+    # 5. inside the models (the paper's attention analysis)
     Lx = str(max(profile.analysis_factors) * L)
     needle = {n: m["segments"].get(Lx, {}).get("all", {}).get("needle") for n, m in ms.items()}
     ent = {n: m["entropy"].get(Lx) for n, m in ms.items()}
     if all(needle.get(n) is not None for n in ("nope", "rope", "qknorm")):
         order = needle["nope"] > max(needle["rope"], needle["qknorm"])
         out.append(f"- {'✅' if order else '❌'} NoPE puts the most mass on the needle at {Lx}: nope {needle['nope']:.4f}, "
-                   f"rope {needle['rope']:.4f}, qknorm {needle['qknorm']:.4f}.")
+                   f"rope {needle['rope']:.4f}, qknorm {needle['qknorm']:.4f} (seed means).")
         low = needle["qknorm"] <= min(needle["rope"], needle["nope"])
         out.append(f"- {'✅' if low else '❌'} QK-Norm has the least needle mass at {Lx}: qknorm {needle['qknorm']:.4f}, "
-                   f"rope {needle['rope']:.4f}, nope {needle['nope']:.4f}.")
+                   f"rope {needle['rope']:.4f}, nope {needle['nope']:.4f} (seed means).")
         if ent.get("qknorm") is not None and ent.get("rope") is not None:
-            # the paper measured entropy for RoPE and QK-Norm only; NoPE is shown, and judged, beside them
             vs_rope = ent["qknorm"] > ent["rope"]
             vs_nope = ent.get("nope") is None or ent["qknorm"] >= ent["nope"]
             out.append(f"- {'✅' if vs_rope else '❌'} QK-Norm has higher attention entropy than RoPE at {Lx} (the paper's "
@@ -318,8 +386,8 @@ def verdicts(ms: dict, profile) -> list[str]:
         ok = n_["needle"] > r_["needle"] and r_["end"] > n_["end"]
         out.append(f"- {'✅' if ok else '❌'} In RNoPE, NoPE layers carry the needle mass ({n_['needle']:.4f} vs RoPE {r_['needle']:.4f}) "
                    f"and RoPE layers the End/recency mass ({r_['end']:.4f} vs NoPE {n_['end']:.4f}).")
-    out.append("- Scale caveat: these are tiny models trained for minutes on CPU; a miss here is a finding about this scale "
-               "and recipe, reported as measured, not tuned away (evaluation seeds and templates are disjoint from training).")
+    out.append("- Scale caveat: these are tiny models trained for minutes on a CPU; a miss here is a finding about this scale "
+               "and recipe, reported as measured (evaluation wordings, key words, values and haystacks never occur in training).")
     return out
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import yaml
 
-from .profiles import ModelSpec, Profile, PRETRAIN_KINDS
+from .profiles import ModelSpec, Profile
 
 STUDY_FILE = "study.json"
 # evaluation item seeds, the same for every training seed: a table's ± is the spread over training
@@ -101,25 +101,25 @@ class Study:
     def run_config(self, spec: ModelSpec, seed: int) -> dict[str, Any]:
         p = self.p
         model = dict(n_layer=p.n_layer, d_model=p.d_model, n_head=p.n_head, n_kv_head=p.n_kv_head, d_ff=p.d_ff,
-                     window=p.window, chunk_size=p.window, vocab_size=p.vocab_size, max_seq_len=p.seq_len, **spec.model)
+                     window=p.window, chunk_size=p.window, vocab_size=p.vocab_size, max_seq_len=p.seq_len,
+                     init_std=p.init_std, **spec.model)
         long_model = dict(spec.long_model)
         if long_model.get("rope_scaling", "none") != "none":
             long_model.setdefault("rope_original_len", p.seq_len)
-        L = p.seq_len * p.long_factor
         stages = [
-            {"name": "near", "steps": p.near_steps, "seq_len": p.curriculum_seq_len, "synthetic_ratio": 1.0, "synthetic_kinds": ["recall_near"]},
-            {"name": "far", "steps": p.far_steps, "seq_len": p.curriculum_seq_len, "synthetic_ratio": 1.0, "synthetic_kinds": ["recall"]},
-            {"name": "pretrain", "steps": p.pretrain_steps, "seq_len": p.seq_len},
-            {"name": "long", "steps": p.long_steps, "seq_len": L, "short_seq_len": p.seq_len, "long_ratio": 0.25,
-             "synthetic_ratio": p.long_synthetic_ratio, "lr": p.lr / 3, "warmup": max(1, p.long_steps // 10),
-             **({"model": long_model} if long_model else {})},
+            {"name": "near", "steps": p.near_steps, "seq_len": p.near_seq_len, "synthetic_ratio": 1.0,
+             "synthetic_kinds": ["lookup_near"]},
+            {"name": "mix", "steps": p.mix_steps, "seq_len": p.seq_len, "lr": p.mix_lr,
+             "synthetic_ratio": p.mix_synthetic_ratio},
+            {"name": "long", "steps": p.long_steps, "seq_len": p.seq_len * p.long_factor, "short_seq_len": p.seq_len,
+             "long_ratio": 0.25, "synthetic_ratio": p.long_synthetic_ratio, "lr": p.long_lr,
+             "warmup": max(1, p.long_steps // 10), **({"model": long_model} if long_model else {})},
         ]
         return {
             "preset": spec.preset, "model": model, "data": "builtin", "tokenizer": str(self.out / "tokenizer.json"),
             "cache_dir": str(self.out / "cache"), "seed": seed, "batch_size": p.batch_size, "lr": p.lr,
-            "min_lr": p.lr / 10, "synthetic_ratio": p.synthetic_ratio,
-            "synthetic_kinds": list(PRETRAIN_KINDS),
-            "eval_every": 0, "save_every": 100, "keep": 1, "stages": stages,
+            "min_lr": p.lr / 10, "synthetic_ratio": p.mix_synthetic_ratio, "synthetic_kinds": list(p.mix_kinds),
+            "eval_every": 0, "save_every": 500, "keep": 1, "stages": stages,
         }
 
     def train_one(self, spec: ModelSpec, seed: int, name: str, threads: int) -> float:
@@ -164,7 +164,7 @@ class Study:
                 self.say(f"trained {futures[fut]} ({secs:.0f} s); {finished}/{len(todo)} done, training ETA {eta / 60:.1f} min")
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def evaluate_one(self, spec: ModelSpec, seed: int, name: str) -> dict[str, Any]:
+    def evaluate_one(self, spec: ModelSpec, seed: int, name: str, threads: int | None = None) -> dict[str, Any]:
         path = self.out / "evals" / f"{_safe(name)}.json"
         if path.exists():
             return json.loads(path.read_text())
@@ -173,9 +173,10 @@ class Study:
         from ..evals import ppl as ppl_eval
         from ..evals import ruler as ruler_eval
         from ..evals.report import write_outputs
-        from ..evals.runner import load_predictor, validation_essay
+        from ..data.heldout import heldout_prose
+        from ..evals.runner import load_predictor
 
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
         p, L = self.p, self.p.seq_len
         run_dir = self.out / "runs" / _safe(name)
         pred = load_predictor(str(run_dir), name=name, device=self.device, batch_size=4)
@@ -185,32 +186,36 @@ class Study:
         res: dict[str, Any] = {"train_seq_len": L, "seed": seed, "eval_seeds": EVAL_SEEDS, "preset": spec.preset,
                                "parameters": model.num_params(), "config": model.config.to_dict()}
         res["val_loss"] = validation_loss(model, self.out / "cache", tok, L)
-        niah = niah_eval.evaluate([pred], lengths=[f * L for f in p.niah_factors], depths=list(p.niah_depths),
-                                  samples=p.niah_samples, seed=EVAL_SEEDS["niah"], progress=False)
-        write_outputs(fig_dir, {k: v for k, v in niah_eval.outputs(niah).items() if k.endswith(".png")})
-        cells = niah["results"][0]["cells"]
-        res["niah"] = {str(n): _mean(c["accuracy"] for c in cells if c["length"] == n) for n in sorted({c["length"] for c in cells})}
-        res["niah_cells"] = cells
-        # diagnostic: the same grid with the training templates ("retrieves" vs "transfers to an unseen template")
-        tr = niah_eval.evaluate([pred], lengths=[f * L for f in p.niah_factors], depths=list(p.niah_depths),
-                                samples=p.niah_samples, seed=EVAL_SEEDS["niah"], progress=False, split="train")
-        tcells = tr["results"][0]["cells"]
-        res["niah_train_templates"] = {str(n): _mean(c["accuracy"] for c in tcells if c["length"] == n)
-                                       for n in sorted({c["length"] for c in tcells})}
-        essay = validation_essay()
-        # a length some task cannot fit (RULER templates need ~300 tokens) is left out for every task,
-        # so each RULER column averages the same tasks; the reason is recorded and reported
-        ruler_lengths, res["ruler_skipped"] = [], {}
+        lengths = [f * L for f in p.niah_factors]
+        res["niah"], res["niah_cells"] = {}, {}
+        for col in p.niah_columns:
+            wording, haystack = col.split("/")
+            doc = niah_eval.evaluate([pred], lengths=lengths, depths=list(p.niah_depths), samples=p.niah_samples,
+                                     seed=EVAL_SEEDS["niah"], haystack=haystack, wording=wording, progress=False)
+            if col == p.primary:  # heat maps of the column the verdicts read
+                write_outputs(fig_dir, {k: v for k, v in niah_eval.outputs(doc).items() if k.endswith(".png")})
+            cells = doc["results"][0]["cells"]
+            res["niah"][col] = {str(n): _mean(c["accuracy"] for c in cells if c["length"] == n) for n in lengths}
+            res["niah_cells"][col] = cells
+        essay = heldout_prose()
+        # RULER: at each length, the tasks whose template fits it (RULER's templates need ~200-400 tokens);
+        # a task left out is recorded with the reason, and every mean names the tasks it covers
+        res["ruler"], res["ruler_tasks"], res["ruler_skipped"], res["ruler_run"] = {}, {}, {}, {}
         for n in (f * L for f in p.ruler_factors):
-            try:
-                ruler_eval.build_items(pred, [n], list(p.ruler_tasks), 1, EVAL_SEEDS["ruler"], essay=essay)
-                ruler_lengths.append(n)
-            except ValueError as e:
-                res["ruler_skipped"][str(n)] = str(e)
-                self.say_once(f"RULER at {n} tokens skipped for every model: {e}")
-        res["ruler"] = {} if not ruler_lengths else _ruler_means(
-            ruler_eval.evaluate([pred], lengths=ruler_lengths, tasks=list(p.ruler_tasks), samples=p.ruler_samples,
-                                seed=EVAL_SEEDS["ruler"], essay=essay, progress=False))
+            fit = []
+            for t in p.ruler_tasks:
+                try:
+                    ruler_eval.build_items(pred, [n], [t], 1, EVAL_SEEDS["ruler"], essay=essay)
+                    fit.append(t)
+                except ValueError as e:
+                    res["ruler_skipped"][f"{t}@{n}"] = str(e)
+            if not fit:
+                continue
+            rdoc = ruler_eval.evaluate([pred], lengths=[n], tasks=fit, samples=p.ruler_samples, seed=EVAL_SEEDS["ruler"],
+                                       essay=essay, progress=False)
+            res["ruler"].update(_ruler_means(rdoc))
+            res["ruler_run"][str(n)] = fit
+            res["ruler_tasks"].update({f"{x['task']}@{x['length']}": x["score"] for x in rdoc["results"][0]["scores"]})
         ppl = ppl_eval.evaluate([pred], lengths=[f * L for f in p.ppl_factors], streams=4, score_tokens=min(128, L // 2),
                                 seed=EVAL_SEEDS["ppl"], progress=False)
         res["ppl"] = _ppl_by_length(ppl)
@@ -224,13 +229,42 @@ class Study:
         return res
 
     def evaluate_all(self) -> dict[str, dict]:
-        out: dict[str, dict] = {}
+        """Evaluate every trained model (cached per model), ``jobs`` at a time in worker processes
+        with an even share of the cores each: tiny models run faster on one thread apiece."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
         names = self.run_names()
-        for i, (m, s, n) in enumerate(names):
-            t = time.time()
-            out[n] = self.evaluate_one(m, s, n)
-            self.say(f"evaluated {n} ({time.time() - t:.0f} s); {i + 1}/{len(names)}")
-        return out
+        todo = [(m, s, n) for m, s, n in names if not (self.out / "evals" / f"{_safe(n)}.json").exists()]
+        jobs = max(1, min(self.jobs, len(todo)))
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        if todo:
+            self.say(f"evaluating {len(todo)} model(s), {jobs} at a time, {threads} thread(s) each")
+        done = 0
+        if jobs == 1:
+            for m, s, n in todo:
+                t = time.time()
+                self.evaluate_one(m, s, n, threads=threads)
+                done += 1
+                self.say(f"evaluated {n} ({time.time() - t:.0f} s); {done}/{len(todo)}")
+        else:
+            ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited torch threads
+            with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+                futures = {pool.submit(_evaluate_in_worker, self.p, str(self.out), self.seeds, self.device, m, s, n,
+                                       threads): n for m, s, n in todo}
+                for fut in futures:
+                    secs = fut.result()
+                    done += 1
+                    self.say(f"evaluated {futures[fut]} ({secs:.0f} s); {done}/{len(todo)}")
+        return {n: json.loads((self.out / "evals" / f"{_safe(n)}.json").read_text()) for _, _, n in names}
+
+
+def _evaluate_in_worker(profile: Profile, out: str, seeds: int, device: str, spec: ModelSpec, seed: int, name: str,
+                        threads: int) -> float:
+    t = time.time()
+    Study(profile, Path(out), jobs=1, seeds=seeds, device=device, progress=False).evaluate_one(spec, seed, name,
+                                                                                                threads=threads)
+    return time.time() - t
 
 
 def training_eta(done_secs: list[float], remaining: int, jobs: int) -> float:
