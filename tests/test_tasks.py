@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import re
@@ -485,3 +486,81 @@ def test_training_rows_pack_many_recall_documents():
     assert used > 1024 - 64 and text.count("\nWhat is") >= 5  # dense: many questions per sequence
     with pytest.raises(ValueError, match="unknown task 'recal'; known: .*copy, recall_near, recall"):
         synthetic_row(tok, seed=0, kinds=["recal", "copy"], essay=["x"], L=256, s=0)
+
+
+# ---------------------------------------------------------------- train items are pinned
+# Training runs consume split="train" items: any change to them changes running experiments' data.
+# Digest of 30 items (prompt, answers, spans, budget, meta) per task and length, recorded before the
+# eval-only RULER fidelity changes; they must never move.
+TRAIN_FINGERPRINTS: dict[tuple[str, int, str], str] = {
+    ("passkey", 300, "wp"): "39b4942daafc46f9",
+    ("niah_single_1", 300, "wp"): "8ec6dd8f6624ce8a",
+    ("niah_single_2", 300, "wp"): "67fbcbc6bc6fbdf3",
+    ("niah_single_3", 300, "wp"): "da2d36f697fbb6a7",
+    ("niah_multikey_1", 300, "wp"): "f39c93f0d3d66f3b",
+    ("niah_multikey_2", 300, "wp"): "d6f5281ebaf22696",
+    ("niah_multikey_3", 300, "wp"): "a83928d9496ae853",
+    ("niah_multivalue", 300, "wp"): "0ebbfb380636bd4c",
+    ("niah_multiquery", 300, "wp"): "34c60a574593a7fa",
+    ("vt", 300, "wp"): "bfec3aaac8ee8c2c",
+    ("cwe", 300, "wp"): "1c103748c49aa9c7",
+    ("fwe", 300, "wp"): "c01734fa8eb8197f",
+    ("passkey", 1024, "wp"): "0796dce8f6356975",
+    ("niah_single_1", 1024, "wp"): "4ad9adc0742426c3",
+    ("niah_single_2", 1024, "wp"): "ab72ba0a974e76a0",
+    ("niah_single_3", 1024, "wp"): "17a74d80f53e7af2",
+    ("niah_multikey_1", 1024, "wp"): "df91420bc4b6a058",
+    ("niah_multikey_2", 1024, "wp"): "2cf3650348b1bda1",
+    ("niah_multikey_3", 1024, "wp"): "df710e501573a65e",
+    ("niah_multivalue", 1024, "wp"): "e2b95bc402539e0f",
+    ("niah_multiquery", 1024, "wp"): "48b7315655c2b141",
+    ("vt", 1024, "wp"): "c5459eed7203ce28",
+    ("cwe", 1024, "wp"): "98707a0556ef73df",
+    ("fwe", 1024, "wp"): "76ce0421b596af1a",
+    ("passkey", 4096, "wp"): "b346b201bf3cac5f",
+    ("niah_single_1", 4096, "wp"): "64acaa018b7841d3",
+    ("niah_single_2", 4096, "wp"): "c4ad55def1c9b937",
+    ("niah_single_3", 4096, "wp"): "73977376903bb4d0",
+    ("niah_multikey_1", 4096, "wp"): "2d145b6e01050084",
+    ("niah_multikey_2", 4096, "wp"): "f401632a24fb0308",
+    ("niah_multikey_3", 4096, "wp"): "7b3811a5ff94f539",
+    ("niah_multivalue", 4096, "wp"): "b7ecedbfa13ee399",
+    ("niah_multiquery", 4096, "wp"): "62936bb8eb36fe6f",
+    ("vt", 4096, "wp"): "39b8e7b82ae16581",
+    ("cwe", 4096, "wp"): "e45a194a11494d99",
+    ("fwe", 4096, "wp"): "bd1ce1d15b7872d4",
+    ("passkey", 2048, "byte"): "f2be3f94ee175cb1",
+    ("niah_single_1", 2048, "byte"): "3a7aa90ad7f931ff",
+    ("niah_single_2", 2048, "byte"): "0f0ac40505636f2a",
+    ("niah_single_3", 2048, "byte"): "c5a0555ef563aaaf",
+    ("niah_multikey_1", 2048, "byte"): "f7a97113b241ce66",
+    ("niah_multikey_2", 2048, "byte"): "93314d2b1294ee74",
+    ("niah_multikey_3", 2048, "byte"): "264f0e92a559c1a8",
+    ("niah_multivalue", 2048, "byte"): "bd075f7d1b16a5d4",
+    ("niah_multiquery", 2048, "byte"): "9f96a63a8d9b64d8",
+    ("vt", 2048, "byte"): "1212c06e901bac68",
+    ("cwe", 2048, "byte"): "3ba7c11421dfaa42",
+    ("fwe", 2048, "byte"): "59419a1e75b6494d",
+}
+TRAIN_DOCS_FINGERPRINT = "f7887cf11a5ff260"  # synthetic_documents(0, 30, lengths=[256, 512, 1024])
+
+
+def _fingerprint(task: str, length: int, split: str, encode) -> str:
+    h = hashlib.sha256()
+    for i in range(30):
+        depth = None if i % 3 == 0 else (i * 37) % 101
+        it = make(task, i, length, depth, split, encode=encode)
+        h.update(repr((it.prompt, it.answers, it.needle_spans, it.query_span, it.gen_tokens, it.depth,
+                       sorted(it.meta.items()))).encode())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("task, length, enc", list(TRAIN_FINGERPRINTS))
+def test_train_items_unchanged(task: str, length: int, enc: str) -> None:
+    encode = wp_encode if enc == "wp" else byte_encode
+    assert _fingerprint(task, length, "train", encode) == TRAIN_FINGERPRINTS[(task, length, enc)]
+
+
+def test_train_documents_unchanged() -> None:
+    docs = list(synthetic_documents(0, 30, encode=wp_encode, lengths=[256, 512, 1024], essay=TRAIN_ESSAY))
+    assert hashlib.sha256("\x00".join(docs).encode()).hexdigest()[:16] == TRAIN_DOCS_FINGERPRINT
