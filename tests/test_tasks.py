@@ -18,9 +18,18 @@ from hypothesis import strategies as st
 from rnope.tasks import RULER_TASKS, TASKS, copy_task, get_task, mqar, mqar_batch, score_item
 from rnope.tasks import niah as niah_mod
 from rnope.tasks import ruler as ruler_mod
-from rnope.tasks.common import fit_haystack, owned_by
-from rnope.tasks.haystack import EVAL_ADJECTIVES, EVAL_NOUNS, NOISE_EVAL, NOISE_TRAIN, split_sentences
-from rnope.tasks.scoring import exact_value, string_match_all, string_match_part
+from rnope.tasks.common import Item, fit_haystack, owned_by
+from rnope.tasks.haystack import (
+    EVAL_ADJECTIVES,
+    EVAL_NOUNS,
+    NOISE_EVAL,
+    NOISE_TRAIN,
+    TRAIN_ADJECTIVES,
+    TRAIN_NOUNS,
+    cwe_words,
+    split_sentences,
+)
+from rnope.tasks.scoring import exact_value, metric_name, string_match_all, string_match_part
 from rnope.tasks.train_mix import synthetic_documents, synthetic_items
 
 _TOK = re.compile(r"\w+|[^\w\s]+")
@@ -231,7 +240,9 @@ def test_train_and_eval_items_disjoint() -> None:
     tok = re.compile(r"[\w-]+")
     tr_tokens = set().union(*(tok.findall(i.prompt) for i in tr))
     ev_tokens = set().union(*(tok.findall(i.prompt) for i in ev))
-    assert not ev_secrets & tr_tokens
+    # eval cwe answers are ordinary English words: the caller's prose may hold them (not rnope's train text)
+    prose_words = {w.lower() for w in re.findall(r"\w+", " ".join(TRAIN_ESSAY))} & set(cwe_words())
+    assert not ev_secrets & (tr_tokens - prose_words)
     assert not tr_secrets & ev_tokens
     for frag in EVAL_FRAGS:
         assert not any(frag in i.prompt for i in tr), frag
@@ -290,24 +301,168 @@ def test_eval_templates_match_eval_md() -> None:
     n = make("niah_single_1", 0, 512, 50)
     key = n.meta["query_keys"][0]
     assert n.needles[0] == f"One of the special magic numbers for {key} is: {n.answers[0]}."
-    assert n.prompt.endswith(f"The special magic numbers for {key} mentioned in the provided text are")
+    assert n.prompt.endswith(f"The special magic number for {key} mentioned in the provided text is")
     u = make("niah_single_3", 0, 512, 50)
     assert _UUID.fullmatch(u.answers[0]) and "special magic uuids" in u.needles[0]
     v = make("vt", 0, 1024, 10)
-    assert re.fullmatch(r"VAR [A-Z]{5} = \d{5}\.", v.needles[0]) and len(v.answers) == 5
-    assert all(re.fullmatch(r"VAR [A-Z]{5} = VAR [A-Z]{5}\.", s) for s in v.needles[1:])
+    assert re.fullmatch(r"VAR [A-Z]{5} = \d{5}", v.needles[0]) and len(v.answers) == 5
+    assert all(re.fullmatch(r"VAR [A-Z]{5} = VAR [A-Z]{5}", s) for s in v.needles[1:])
     c = make("cwe", 0, 4096, None)
     assert (c.meta["freq_cw"], c.meta["freq_ucw"]) == (30, 3)
-    counts = Counter(re.findall(r"\d+\. (\S+)", c.prompt))
+    counts = Counter(re.findall(r"\d+\. (\S+)", c.prompt[slice(*c.meta["context_span"])]))
     assert all(counts[w] == 30 for w in c.answers) and set(counts.values()) == {30, 3}
     c2 = make("cwe", 0, 2048, None)
     assert (c2.meta["freq_cw"], c2.meta["freq_ucw"]) == (6, 1)
     f = make("fwe", 0, 2048, None)
     counts = Counter(f.prompt[slice(*f.meta["context_span"])].split())
     ranked = [w for w, _ in counts.most_common()]
-    assert ranked[0] == "...." and ranked[1:4] == f.answers
+    assert ranked[0] == "..." and ranked[1:4] == f.answers
     assert counts[f.answers[0]] > counts[f.answers[1]] > counts[f.answers[2]] > counts[ranked[4]]
     assert all(re.fullmatch(r"[a-z]{6}", w) for w in f.answers)
+
+
+# ---------------------------------------------------------------- eval prompts follow RULER's template text
+BLOCK = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+VT_INTRO = "Memorize and track the chain(s) of variable assignment hidden in the following text."
+CWE_INTRO = ("Below is a numbered list of words. In these words, some appear more often than others. "
+             "Memorize the ones that appear most often.")
+CWE_QA = ("Question: What are the 10 most common words in the above list? "
+          "Answer: The top 10 words that appear most often in the list are:")
+
+
+def _vt_qa(value: str) -> str:
+    return (f"Question: Find all variables that are assigned the value {value} in the text above. Answer: According "
+            f"to the chain(s) of variable assignment in the text above, 5 variables are assigned the value {value}, "
+            "they are:")
+
+
+def _noise_lines(ctx: str, needles: list[str]) -> list[str]:
+    """The context's lines, checked to be whole noise blocks or needles, one per line."""
+    lines = ctx.split("\n")
+    assert [ln for ln in lines if ln != BLOCK] == needles
+    return lines
+
+
+@pytest.mark.parametrize("task, one", [("niah_single_1", True), ("niah_single_3", True), ("niah_multikey_2", True),
+                                       ("niah_multivalue", False), ("niah_multiquery", False)])
+def test_niah_eval_prompt_golden(task: str, one: bool) -> None:
+    it = make(task, 4, 700, 30)
+    kind = {"numbers": "number", "uuids": "uuid"}[it.meta["value_type"]]
+    keys = it.meta["query_keys"]
+    q = keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + ", and " + keys[-1]
+    if one:  # RULER: Some -> A, are all / are -> is, value type singular
+        intro = (f"A special magic {kind} is hidden within the following text. Make sure to memorize it. "
+                 f"I will quiz you about the {kind} afterwards.")
+        tail = (f"What is the special magic {kind} for {q} mentioned in the provided text? "
+                f"The special magic {kind} for {q} mentioned in the provided text is")
+    else:
+        intro = (f"Some special magic {kind}s are hidden within the following text. Make sure to memorize it. "
+                 f"I will quiz you about the {kind}s afterwards.")
+        tail = (f"What are all the special magic {kind}s for {q} mentioned in the provided text? "
+                f"The special magic {kind}s for {q} mentioned in the provided text are")
+    ctx = it.prompt[slice(*it.meta["context_span"])]
+    assert it.prompt == intro + "\n" + ctx + "\n" + tail
+    for needle, k, v in zip(it.needles, it.meta["keys"], it.meta["values"]):
+        assert needle == f"One of the special magic {kind}s for {k} is: {v}."  # needles stay plural
+    if task == "niah_single_1":  # noise: blocks and the needle each on a line of their own
+        _noise_lines(ctx, it.needles)
+    if task == "niah_multikey_2":
+        assert all(re.fullmatch(r"One of the special magic numbers for [a-z]+-[a-z]+(-[a-z]+)? is: \d{7}\.", ln)
+                   for ln in ctx.split("\n"))
+
+
+@pytest.mark.parametrize("length", [700, 4096])
+def test_vt_eval_prompt_golden(length: int) -> None:
+    it = make("vt", 2, length, 20)
+    assert it.meta["example"] is True
+    example, main = it.prompt.split("\n\n" + VT_INTRO + "\n\n")
+    # the solved example: its own chain of 3-letter variables, one assignment per line, then the answer
+    assert example.startswith(VT_INTRO + "\n\n")
+    ex_lines = example[len(VT_INTRO) + 2:].split("\n")
+    chain = [ln for ln in ex_lines[:-1] if ln != BLOCK]
+    m = re.fullmatch(r"VAR ([A-Z]{3}) = (\d{5})", chain[0])
+    assert m and len(chain) == 5
+    names, ex_value = [m.group(1)], m.group(2)
+    for ln in chain[1:]:
+        m = re.fullmatch(r"VAR ([A-Z]{3}) = VAR ([A-Z]{3})", ln)
+        assert m and m.group(2) == names[-1]
+        names.append(m.group(1))
+    assert ex_lines[-1] == _vt_qa(ex_value) + " " + " ".join(names)
+    if length >= 4096:  # RULER's example is about 500 tokens of its own noise
+        assert BLOCK in ex_lines and 300 <= len(wp_encode(example)) <= 500
+    # the item: blocks and assignments on lines of their own, no periods, the answer prefix last
+    ctx = it.prompt[slice(*it.meta["context_span"])]
+    value = it.meta["value"]
+    want = [f"VAR {it.answers[0]} = {value}"] + [f"VAR {b} = VAR {a}" for a, b in zip(it.answers, it.answers[1:])]
+    _noise_lines(ctx, want)
+    assert main == ctx + "\n" + _vt_qa(value) and it.needles == want and ex_value != value
+
+
+@pytest.mark.parametrize("length, n_ex, fc, fu", [(700, 20, 3, 1), (4096, 40, 10, 3)])
+def test_cwe_eval_prompt_golden(length: int, n_ex: int, fc: int, fu: int) -> None:
+    it = make("cwe", 5, length, None)
+    assert it.meta["example"] is True
+    example, main = it.prompt.split("\n" + CWE_INTRO + "\n")
+    m = re.fullmatch(re.escape(CWE_INTRO) + r"\n(.*)\n" + re.escape(CWE_QA) + r" (.*)", example)
+    assert m
+    entries = re.findall(r"(\d+)\. (\S+)", m.group(1))
+    assert [int(i) for i, _ in entries] == list(range(1, len(entries) + 1))
+    counts = Counter(w for _, w in entries)
+    answer = re.findall(r"(\d+)\. (\S+)", m.group(2))
+    assert [int(i) for i, _ in answer] == list(range(1, 11))
+    common = [w for _, w in answer]
+    assert m.group(2) == " ".join(f"{i + 1}. {w}" for i, w in enumerate(common))
+    assert len(counts) == n_ex and all(counts[w] == fc for w in common)
+    assert sorted(counts.values()) == sorted([fc] * 10 + [fu] * (n_ex - 10))
+    # the item itself: numbered real words, then RULER's question and answer prefix
+    ctx = it.prompt[slice(*it.meta["context_span"])]
+    assert main == ctx + "\n" + CWE_QA
+    words = set(re.findall(r"\d+\. (\S+)", ctx))
+    vocab = set(cwe_words())
+    assert words <= vocab and set(counts) <= vocab and not words & set(counts)  # example words are its own
+    assert set(it.answers) <= words
+
+
+def test_fwe_eval_prompt_golden() -> None:
+    it = make("fwe", 1, 700, None)
+    cs, ce = it.meta["context_span"]
+    assert it.prompt[:cs] == ("Read the following coded text and track the frequency of each coded word. "
+                              "Find the three most frequently appeared coded words. ")  # same line, as RULER
+    assert all(re.fullmatch(r"\.\.\.|[a-z]{6}", w) for w in it.prompt[cs:ce].split(" "))
+    assert it.prompt[ce:] == ("\nQuestion: Do not provide any explanation. Please ignore the dots '....'. What are "
+                              "the three most frequently appeared words in the above coded text? Answer: According "
+                              "to the coded text above, the three most frequently appeared words are:")
+
+
+def test_example_left_out_only_when_it_cannot_fit() -> None:
+    for task in ("vt", "cwe"):
+        assert make(task, 0, 1024, None).meta["example"] is True
+    small = make("cwe", 0, 256, None)  # the 40-entry example does not fit in 256 tokens
+    assert small.meta["example"] is False and small.prompt.startswith(CWE_INTRO + "\n1. ")
+    assert "example" not in make("vt", 0, 1024, None, "train").meta
+
+
+def test_cwe_vocabulary_real_words_disjoint_from_train() -> None:
+    vocab = cwe_words()
+    assert len(vocab) >= 4000 and len(set(vocab)) == len(vocab)
+    assert all(re.fullmatch(r"[a-z]{3,10}", w) for w in vocab)
+    s = set(vocab)
+    assert not [w for w in vocab if any(w[i:j] in s for i in range(len(w)) for j in range(i + 3, len(w) + 1)
+                                        if (i, j) != (0, len(w)))]  # no word inside another
+    assert not s & set(TRAIN_ADJECTIVES + TRAIN_NOUNS)
+    train_text = " ".join(_fragments([*niah_mod.TRAIN_NIAH, *ruler_mod.TRAIN_VT, *ruler_mod.TRAIN_CWE,
+                                      *ruler_mod.TRAIN_FWE, *niah_mod.TRAIN_PASSKEY]) | TRAIN_FRAGS)
+    assert not s & set(re.findall(r"[a-z]+", train_text.lower()))
+    for seed in range(20):  # train cwe lists (real and pseudo-words) never use an eval word
+        tr = make("cwe", seed, 2048, None, "train")
+        assert not set(re.findall(r"\d+\. (\S+)", tr.prompt)) & s
+
+
+def test_cwe_vocabulary_exhausted_is_one_line(monkeypatch) -> None:
+    monkeypatch.setattr(ruler_mod, "cwe_words", lambda: cwe_words()[:80])
+    with pytest.raises(ValueError) as e:
+        make("cwe", 0, 4096, None)
+    assert str(e.value) == "length 4096 is too long for task 'cwe': its vocabulary of 80 words runs out"
 
 
 # ---------------------------------------------------------------- length fit efficiency and speed
@@ -345,6 +500,9 @@ def test_scoring_hand_cases() -> None:
     assert string_match_all("nothing", ["x"]) == 0.0 and string_match_all("x", []) == 0.0
     assert string_match_part("Paris, France", ["paris", "lyon"]) == 1.0
     assert string_match_part("Berlin", ["paris", "lyon"]) == 0.0
+    qa = Item("Q? Answer:", ["paris", "lyon"], "qa_1", 64, None, [], (0, 10), 8)
+    assert score_item(qa, "Paris") == 1.0 and metric_name("qa_2") == "string_match_part"  # any gold, not all
+    assert metric_name("cwe") == "string_match_all" and metric_name("passkey") == "exact_value"
     assert exact_value(" 12345. Remember", "12345") == 1.0
     assert exact_value(" 123456", "12345") == 0.0 and exact_value("no", "12345") == 0.0
     assert exact_value("id A1B2-c3", "a1b2-C3") == 1.0

@@ -26,7 +26,7 @@ from .niah import (
     passkey,
 )
 from .ruler import cwe, fwe, vt
-from .scoring import exact_value, score_item, string_match_all, string_match_part
+from .scoring import exact_value, metric_name, score_item, string_match_all, string_match_part
 from .train_mix import synthetic_documents, synthetic_items
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "fit_haystack",
     "get_task",
     "item_rng",
+    "metric_name",
     "mqar",
     "mqar_batch",
     "owned_by",

@@ -4,13 +4,15 @@ A :class:`Haystack` is an infinite, prefix-consistent sequence of *units* (sente
 joined by ``sep``; the length fit asks for the first ``n`` of them and needles go between units.
 
 * ``noise`` -- EVAL.md's passkey filler ("The grass is green. The sky is blue. ...") cycled one
-  sentence per unit (train split: different filler blocks).
+  sentence per unit (train split: different filler blocks); with ``lines=True`` (RULER's layout, used
+  by its eval items) each unit is the whole five-sentence block and units sit on their own lines.
 * ``essay`` -- caller-supplied prose, split into sentences and cycled from a seeded start. The
   caller owns its content: give the train split a different corpus if the two must not share prose.
 * ``needle`` -- every line a distractor needle made by a caller-supplied ``make_line(i)``.
 
 Key vocabularies are fixed word lists (RULER uses adjective-noun keys such as ``quiet-harbor``);
-the eval and train lists are disjoint.
+the eval and train lists are disjoint. The eval common-words task draws from :func:`cwe_words`, a
+shipped list of real English words disjoint from everything the train split can generate.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import functools
 import random
 import re
 from collections.abc import Callable, Sequence
+from importlib import resources
 
 from .common import check_split, owned_by
 
@@ -31,7 +34,9 @@ __all__ = [
     "NOISE_TRAIN",
     "TRAIN_ADJECTIVES",
     "TRAIN_NOUNS",
+    "VocabPool",
     "WordPool",
+    "cwe_words",
     "essay_haystack",
     "needle_haystack",
     "noise_haystack",
@@ -105,9 +110,16 @@ class Haystack:
         return self._cache[:n]
 
 
-def noise_haystack(split: str, rng: random.Random) -> Haystack:
-    """EVAL.md's grass/sky filler for ``"eval"``; a seeded choice of :data:`NOISE_TRAIN` for train."""
+def noise_haystack(split: str, rng: random.Random, lines: bool = False) -> Haystack:
+    """EVAL.md's grass/sky filler for ``"eval"``; a seeded choice of :data:`NOISE_TRAIN` for train.
+
+    Default: one sentence per unit, joined by spaces. ``lines=True``: RULER's noise layout, one whole
+    block per unit and one unit per line (needles then sit on lines of their own between blocks).
+    """
     block = NOISE_EVAL if check_split(split) == "eval" else rng.choice(NOISE_TRAIN)
+    if lines:
+        text = " ".join(block)
+        return Haystack("noise", "\n", lambda i: text)
     return Haystack("noise", " ", lambda i: block[i % len(block)])
 
 
@@ -189,3 +201,28 @@ class WordPool:
                 self.seen.add(w)
                 self.words.append(w)
         return self.words[:n]
+
+
+@functools.cache
+def cwe_words() -> tuple[str, ...]:
+    """The eval common-words vocabulary: real English words shipped in ``cwe_words.txt`` (derived from
+    the wonderwords lists RULER uses; see the file's header), none a substring of another."""
+    text = resources.files(__package__).joinpath("cwe_words.txt").read_text(encoding="utf-8")
+    return tuple(w for w in (line.strip() for line in text.splitlines()) if w and not w.startswith("#"))
+
+
+class VocabPool:
+    """Distinct words from a fixed vocabulary in a seeded order (prefix-consistent, finite)."""
+
+    def __init__(self, words: Sequence[str], rng: random.Random):
+        self.words = list(words)
+        rng.shuffle(self.words)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def take(self, n: int, start: int = 0) -> list[str]:
+        """Words ``start .. start + n`` of the seeded order."""
+        if start + n > len(self.words):
+            raise ValueError(f"the vocabulary has {len(self.words)} words; {start + n} were asked for")
+        return self.words[start:start + n]

@@ -6,6 +6,9 @@
   NIAH family with EVAL.md's table: needle "One of the special magic {numbers|words|uuids} for {key}
   is: {value}.", answer prefix "The special magic numbers for {key} mentioned in the provided text
   are". Values: 7-digit numbers or UUIDs drawn from the item RNG; keys: adjective-noun words.
+  Where one value is asked for (6 of the 8 tasks) the eval wording is RULER's singular one
+  (:data:`EVAL_NIAH_ONE`: "A special magic number is hidden ...", "... mentioned in the provided text
+  is"); the needles keep the plural wording, as in RULER. Eval noise sits in blocks on their own lines.
 
 ``split="eval"`` uses exactly those templates; ``split="train"`` uses seeded paraphrases that share
 no phrase with them, disjoint key words, train-owned values and different noise filler. The queried
@@ -36,6 +39,7 @@ from .haystack import Haystack, KeySampler, essay_haystack, needle_haystack, noi
 
 __all__ = [
     "EVAL_NIAH",
+    "EVAL_NIAH_ONE",
     "EVAL_PASSKEY",
     "NIAH_SPECS",
     "NiahSpec",
@@ -61,10 +65,10 @@ class PasskeyTemplate:
 
 @dataclass(frozen=True)
 class NiahTemplate:
-    intro: str  # {kind}
+    intro: str  # {kind} {kind1}
     needle: str  # {kind} {kind1} {key} {value}
-    question: str  # {kind} {query}
-    prefix: str  # {kind} {query}
+    question: str  # {kind} {kind1} {query}
+    prefix: str  # {kind} {kind1} {query}
     kinds: tuple[tuple[str, str, str], ...]  # (value type, plural, singular)
 
 
@@ -103,6 +107,17 @@ EVAL_NIAH = NiahTemplate(
     "One of the special magic {kind} for {key} is: {value}.",
     "What are all the special magic {kind} for {query} mentioned in the provided text?",
     "The special magic {kind} for {query} mentioned in the provided text are",
+    _EVAL_KINDS,
+)
+
+#: RULER's wording when one value is asked for (``n_queries * n_values == 1``): its template with
+#: "Some" -> "A", "are all" / "are" -> "is" and the value type singular; the needle stays plural.
+EVAL_NIAH_ONE = NiahTemplate(
+    "A special magic {kind1} is hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the {kind1} afterwards.",
+    EVAL_NIAH.needle,
+    "What is the special magic {kind1} for {query} mentioned in the provided text?",
+    "The special magic {kind1} for {query} mentioned in the provided text is",
     _EVAL_KINDS,
 )
 
@@ -165,9 +180,11 @@ def join_keys(keys: Sequence[str]) -> str:
     return ", ".join(keys[:-1]) + ", and " + keys[-1]
 
 
-def _haystack(kind: str, split: str, rng: random.Random, essay: Sequence[str] | None, task: str) -> Haystack:
+def _haystack(
+    kind: str, split: str, rng: random.Random, essay: Sequence[str] | None, task: str, lines: bool = False
+) -> Haystack:
     if kind == "noise":
-        return noise_haystack(split, rng)
+        return noise_haystack(split, rng, lines=lines)
     if kind == "essay":
         return essay_haystack(essay, rng, task)
     raise ValueError(f"task {task!r}: unknown haystack {kind!r}; known: noise, essay, needle")
@@ -239,7 +256,10 @@ def niah(
     """One item of RULER NIAH task ``task`` (a key of :data:`NIAH_SPECS`)."""
     spec = NIAH_SPECS[task]
     rng = item_rng(check_split(split), task, seed, length, depth)
-    tpl = EVAL_NIAH if split == "eval" else rng.choice(TRAIN_NIAH)
+    if split == "eval":
+        tpl = EVAL_NIAH_ONE if spec.n_queries * spec.n_values == 1 else EVAL_NIAH
+    else:
+        tpl = rng.choice(TRAIN_NIAH)
     kind, kind1 = next((p, s) for t, p, s in tpl.kinds if t == spec.value_type)
     keys_sampler = KeySampler(split, rng)
 
@@ -278,12 +298,14 @@ def niah(
 
         hay = needle_haystack(line)
     else:
-        hay = _haystack(spec.haystack, split, rng, essay, task)
+        # RULER's noise blocks on their own lines for eval; train items keep their layout (pinned by tests)
+        hay = _haystack(spec.haystack, split, rng, essay, task, lines=split == "eval")
     q = join_keys(query_keys)
-    query = tpl.question.format(kind=kind, query=q) + " " + tpl.prefix.format(kind=kind, query=q)
+    query = (tpl.question.format(kind=kind, kind1=kind1, query=q) + " "
+             + tpl.prefix.format(kind=kind, kind1=kind1, query=q))
     budget = gen_budget(encode, NIAH_GEN_TOKENS, answers, gen_tokens, length)
     n, (prompt, spans, qspan, cspan) = _fit_and_build(
-        task, hay, tpl.intro.format(kind=kind) + "\n", [needle_text(k, v) for k, v in zip(needle_keys, needle_values)],
+        task, hay, tpl.intro.format(kind=kind, kind1=kind1) + "\n", [needle_text(k, v) for k, v in zip(needle_keys, needle_values)],
         depths, query, encode, length, budget,
     )
     meta = dict(split=split, seed=seed, haystack=hay.kind, sep=hay.sep, n_units=n, depths=depths,

@@ -1,14 +1,18 @@
 """RULER's non-NIAH synthetic tasks (EVAL.md table): variable tracking, common and frequent words.
 
-* :func:`vt` -- one chain of 4 hops in the noise haystack: ``VAR ABCDE = 12345.``, then
-  ``VAR FGHIJ = VAR ABCDE.`` ...; the answer is all five variables holding the value.
+* :func:`vt` -- one chain of 4 hops in the noise haystack: ``VAR ABCDE = 12345``, then
+  ``VAR FGHIJ = VAR ABCDE`` ...; the answer is all five variables holding the value.
 * :func:`cwe` -- a numbered word list "1. w 2. w ..."; 10 common words x30, the others x3 (x6 / x1
   below 4096 tokens); counts are scaled down further when even that does not fit.
 * :func:`fwe` -- coded 6-letter words with Zipf(alpha=2) counts ``floor(C / k**alpha)``; rank 1 is
-  shown as the noise mark ``....``; the answer is ranks 2-4 (strictly ordered counts guaranteed).
+  shown as a noise mark of dots; the answer is ranks 2-4 (strictly ordered counts guaranteed).
 
 Each returns an :class:`~rnope.tasks.common.Item` whose prompt ends with the answer prefix.
-``split="train"`` uses other phrasings and train-owned words/values (see ``common.owned_by``).
+``split="eval"`` follows RULER's prompts: vt and cwe start with one solved example of the same task
+at a small size (counted inside ``length``; left out only when the item cannot fit with it), vt's
+noise sits in blocks on their own lines with one assignment per line, cwe's words are real English
+words (:func:`~rnope.tasks.haystack.cwe_words`). ``split="train"`` uses other phrasings and
+train-owned words/values (see ``common.owned_by``) and keeps its original layout.
 CWE and FWE have no needle depth: ``depth`` is accepted for a uniform signature and ignored.
 """
 
@@ -35,12 +39,15 @@ from .common import (
     too_short_error,
     unit_offsets,
 )
-from .haystack import WordPool, noise_haystack
+from .haystack import VocabPool, WordPool, cwe_words, noise_haystack
 
-__all__ = ["EVAL_CWE", "EVAL_FWE", "EVAL_VT", "ListTemplate", "TRAIN_CWE", "TRAIN_FWE", "TRAIN_VT", "VtTemplate",
+__all__ = ["EVAL_CWE", "EVAL_FWE", "EVAL_FWE_NOISE", "EVAL_VT", "ListTemplate", "TRAIN_CWE", "TRAIN_FWE", "TRAIN_VT", "VtTemplate",
            "cwe", "fwe", "vt"]
 
 VT_GEN_TOKENS, CWE_GEN_TOKENS, FWE_GEN_TOKENS = 30, 120, 50  # EVAL.md generation budgets
+VT_EXAMPLE_TOKENS = 500  # RULER sizes vt's solved example to 500 tokens (here also at most length // 8)
+#: cwe's solved example (RULER): (words, common count, other count) below / from 4096 tokens
+CWE_EXAMPLE_SHORT, CWE_EXAMPLE_LONG = (20, 3, 1), (40, 10, 3)
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,8 @@ class ListTemplate:
 
 EVAL_VT = VtTemplate(
     "Memorize and track the chain(s) of variable assignment hidden in the following text.",
-    "VAR {name} = {value}.",
-    "VAR {name} = VAR {prev}.",
+    "VAR {name} = {value}",
+    "VAR {name} = VAR {prev}",
     "Question: Find all variables that are assigned the value {value} in the text above.",
     "Answer: According to the chain(s) of variable assignment in the text above, {k} variables are assigned "
     "the value {value}, they are:",
@@ -111,6 +118,7 @@ TRAIN_FWE: tuple[ListTemplate, ...] = (
     ),
 )
 FWE_NOISE = "...."
+EVAL_FWE_NOISE = "..."  # RULER's text shows three dots (its question names four)
 
 
 def _depth(depth: float | None) -> float | None:
@@ -132,37 +140,94 @@ def vt(
 
     The first assignment sits at ``depth`` % (random if ``None``); later hops follow at sorted
     random depths after it, so the chain reads in order. ``essay`` is unused (noise haystack).
+    Eval items start with RULER's solved example (3-letter names, its own noise, about
+    ``min(500, length // 8)`` tokens) and lay the noise out in blocks, one per line.
     """
     task = "vt"
     rng = item_rng(check_split(split), task, seed, length, depth)
     tpl = EVAL_VT if split == "eval" else rng.choice(TRAIN_VT)
     value = sample_number(rng, 5, split)
-    names: list[str] = []
-    while len(names) < hops + 1:
-        name = sample_coded_word(rng, split, 5, upper=True)
-        if name not in names:
-            names.append(name)
-    statements = [tpl.first.format(name=names[0], value=value)]
-    statements += [tpl.hop.format(name=names[i], prev=names[i - 1]) for i in range(1, hops + 1)]
+    names = _distinct_names(rng, split, 5, hops + 1)
+    statements = _chain(tpl, names, value)
     d0 = rng.uniform(0.0, 100.0) if depth is None else float(depth)
     depths = [d0] + sorted(rng.uniform(d0, 100.0) for _ in range(hops))
-    hay = noise_haystack(split, rng)
+    lines = split == "eval"  # RULER's layout for eval; train items keep theirs (pinned by tests)
+    hay = noise_haystack(split, rng, lines=lines)
     query = tpl.question.format(value=value) + " " + tpl.prefix.format(k=len(names), value=value)
     budget = gen_budget(encode, VT_GEN_TOKENS, names, gen_tokens, length)
-    head = tpl.intro + "\n"
+    heads = [tpl.intro + "\n"]
+    if split == "eval":
+        ex_budget = min(VT_EXAMPLE_TOKENS, length // 8)
+        example = _vt_example(item_rng(split, task, seed, length, depth, 1), split, hops, value, encode, ex_budget)
+        heads = [example + "\n\n" + tpl.intro + "\n\n", tpl.intro + "\n\n"]
 
-    @cache
-    def layout(n: int) -> Layout:
-        units = hay.units(n)
-        offsets = unit_offsets(units, hay.sep)
-        inserts = [(place(offsets, d), s) for d, s in zip(depths, statements)]
-        return assemble(head, units, hay.sep, inserts, "\n", query)
+    def make_layout(head: str) -> Callable[[int], Layout]:
+        @cache
+        def layout(n: int) -> Layout:
+            units = hay.units(n)
+            offsets = unit_offsets(units, hay.sep)
+            inserts = [(place(offsets, d), s) for d, s in zip(depths, statements)]
+            return assemble(head, units, hay.sep, inserts, "\n", query)
 
-    n = fit_haystack(lambda k: layout(k)[0], encode, length, budget, task=task)
+        return layout
+
+    for i, head in enumerate(heads):  # eval: with the example; without it only if it cannot fit
+        layout = make_layout(head)
+        try:
+            n = fit_haystack(lambda k: layout(k)[0], encode, length, budget, task=task)
+            break
+        except ValueError:
+            if i == len(heads) - 1:
+                raise
     prompt, spans, qspan, cspan = layout(n)
     meta = dict(split=split, seed=seed, haystack="noise", sep=hay.sep, n_units=n, depths=depths, value=value,
                 variables=names, context_span=cspan)
+    if split == "eval":
+        meta["example"] = i == 0
     return Item(prompt, list(names), task, length, _depth(depth), spans, qspan, budget, meta)
+
+
+def _distinct_names(rng: random.Random, split: str, letters: int, k: int) -> list[str]:
+    names: list[str] = []
+    while len(names) < k:
+        name = sample_coded_word(rng, split, letters, upper=True)
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _chain(tpl: VtTemplate, names: Sequence[str], value: str) -> list[str]:
+    return [tpl.first.format(name=names[0], value=value)] + [
+        tpl.hop.format(name=names[i], prev=names[i - 1]) for i in range(1, len(names))
+    ]
+
+
+def _vt_example(
+    rng: random.Random, split: str, hops: int, avoid: str, encode: Encode, budget: int
+) -> str:
+    """RULER's solved vt example: a chain of 3-letter variables in its own noise, the question, the
+    answer prefix and the answer (names separated by spaces). The noise block count is estimated
+    from two encodes so the example takes about ``budget`` tokens (none when even that is over)."""
+    tpl = EVAL_VT
+    value = sample_number(rng, 5, split)
+    while value == avoid:
+        value = sample_number(rng, 5, split)
+    names = _distinct_names(rng, split, 3, hops + 1)
+    statements = _chain(tpl, names, value)
+    depths = sorted(rng.uniform(0.0, 100.0) for _ in statements)
+    hay = noise_haystack(split, rng, lines=True)
+    tail = (tpl.question.format(value=value) + " " + tpl.prefix.format(k=len(names), value=value) + " "
+            + " ".join(names))
+
+    def text(n: int) -> str:
+        units = hay.units(n)
+        offsets = unit_offsets(units, hay.sep)
+        inserts = [(place(offsets, d), s) for d, s in zip(depths, statements)]
+        return assemble(tpl.intro + "\n\n", units, hay.sep, inserts, "\n", tail)[0]
+
+    c0, c4 = len(encode(text(0))), len(encode(text(4)))
+    per_block = max(1.0, (c4 - c0) / 4)
+    return text(max(0, int((budget - c0) // per_block)))
 
 
 Layout = tuple[str, list[tuple[int, int]], tuple[int, int], tuple[int, int]]
@@ -204,21 +269,33 @@ def cwe(
 
     Counts: common x30 / others x3 at ``length >= 4096``, x6 / x1 below; if the common block does
     not leave room for at least ``num_cw`` other words, the common count steps down (never below
-    ``others + 1``). The number of other words is fitted to ``length``.
+    ``others + 1``). The number of other words is fitted to ``length``. Eval items draw real words
+    (:func:`~rnope.tasks.haystack.cwe_words`) and start with RULER's solved example (20 words x3 / x1
+    below 4096 tokens, 40 words x10 / x3 from 4096) on words of their own.
     """
     task = "cwe"
     rng = item_rng(check_split(split), task, seed, length, depth)
     tpl = EVAL_CWE if split == "eval" else rng.choice(TRAIN_CWE)
     base = rng.getrandbits(64)
-    pool = WordPool(split, random.Random(base))
     freq_cw, freq_ucw = (30, 3) if length >= 4096 else (6, 1)
-    head = tpl.intro + "\n"
     query = tpl.question.format(k=num_cw) + " " + tpl.prefix.format(k=num_cw)
+    max_units: int | None = None
+    if split == "eval":
+        vocab = VocabPool(cwe_words(), random.Random(base))
+        n_ex, ex_cw, ex_ucw = CWE_EXAMPLE_LONG if length >= 4096 else CWE_EXAMPLE_SHORT
+        n_ex = max(n_ex, 2 * num_cw)
+        example = _cwe_example(item_rng(split, task, seed, length, depth, 1), vocab.take(n_ex), num_cw, ex_cw, ex_ucw)
+        take: Callable[[int], list[str]] = lambda n: vocab.take(n, n_ex)  # noqa: E731
+        max_units = len(vocab) - n_ex - num_cw
+        heads = [example + "\n" + tpl.intro + "\n", tpl.intro + "\n"]
+    else:
+        take = WordPool(split, random.Random(base)).take
+        heads = [tpl.intro + "\n"]
 
-    def make_layout(fc: int) -> Callable[[int], tuple[Layout, list[str]]]:
+    def make_layout(head: str, fc: int) -> Callable[[int], tuple[Layout, list[str]]]:
         @cache
         def layout(n_u: int) -> tuple[Layout, list[str]]:
-            words = pool.take(num_cw + n_u)
+            words = take(num_cw + n_u)
             r = random.Random(stable_seed(base, fc, n_u))
             common_idx = set(r.sample(range(len(words)), num_cw))
             common = [w for i, w in enumerate(words) if i in common_idx]
@@ -233,27 +310,48 @@ def cwe(
     layout: Callable[[int], tuple[Layout, list[str]]] | None = None
     candidates = sorted({max(freq_ucw + 1, round(freq_cw * f)) for f in (1, 0.75, 0.5, 0.34, 0.25, 0.1, 0.0)},
                         reverse=True)
-    for fc in candidates:
-        layout = make_layout(fc)
-        budget = gen_budget(encode, CWE_GEN_TOKENS, layout(num_cw)[1], gen_tokens, length)
-        try:
-            for _ in range(8):  # the common words depend on n_u: refit until the gold fits the budget
-                n_u = fit_haystack(_prompt_of(layout), encode, length, budget, task=task, min_units=num_cw)
-                need = gen_budget(encode, CWE_GEN_TOKENS, layout(n_u)[1], gen_tokens, length)
-                if need <= budget:
-                    break
-                budget = need
-            freq_cw = fc
+    for h, head in enumerate(heads):  # eval: with the example; without it only if it cannot fit
+        for fc in candidates:
+            layout = make_layout(head, fc)
+            budget = gen_budget(encode, CWE_GEN_TOKENS, layout(num_cw)[1], gen_tokens, length)
+            try:
+                for _ in range(8):  # the common words depend on n_u: refit until the gold fits the budget
+                    n_u = fit_haystack(_prompt_of(layout), encode, length, budget, task=task, min_units=num_cw,
+                                       max_units=max_units)
+                    need = gen_budget(encode, CWE_GEN_TOKENS, layout(n_u)[1], gen_tokens, length)
+                    if need <= budget:
+                        break
+                    budget = need
+                freq_cw = fc
+                break
+            except ValueError:
+                n_u = -1
+                tried.append(len(encode(layout(num_cw)[0][0])) + budget)
+        if n_u >= 0:
             break
-        except ValueError:
-            n_u = -1
-            tried.append(len(encode(layout(num_cw)[0][0])) + budget)
     if n_u < 0 or layout is None:
         raise too_short_error(task, length, min(tried), template_only=False)
+    if max_units is not None and n_u >= max_units:
+        raise ValueError(f"length {length} is too long for task {task!r}: its vocabulary of {len(cwe_words())} "
+                         f"words runs out")
     (prompt, spans, qspan, cspan), common = layout(n_u)
     meta = dict(split=split, seed=seed, freq_cw=freq_cw, freq_ucw=freq_ucw, n_uncommon=n_u, common_words=common,
                 context_span=cspan)
+    if split == "eval":
+        meta["example"] = h == 0
     return Item(prompt, list(common), task, length, None, spans, qspan, budget, meta)
+
+
+def _cwe_example(rng: random.Random, words: Sequence[str], num_cw: int, fc: int, fu: int) -> str:
+    """RULER's solved cwe example: the first ``num_cw`` of ``words`` x``fc``, the rest x``fu``, shuffled
+    and numbered, then the question, the answer prefix and the numbered answer."""
+    common, others = list(words[:num_cw]), list(words[num_cw:])
+    entries = [w for w in common for _ in range(fc)] + [w for w in others for _ in range(fu)]
+    rng.shuffle(entries)
+    tpl = EVAL_CWE
+    return (tpl.intro + "\n" + " ".join(f"{i + 1}. {w}" for i, w in enumerate(entries)) + "\n"
+            + tpl.question.format(k=num_cw) + " " + tpl.prefix.format(k=num_cw) + " "
+            + " ".join(f"{i + 1}. {w}" for i, w in enumerate(common)))
 
 
 def _prompt_of(layout: Callable[[int], tuple[Layout, list[str]]]) -> Callable[[int], str]:
@@ -315,7 +413,8 @@ def fwe(
         return vocab[:m]
 
     c_min = _fwe_min_count(alpha)
-    head = tpl.intro + "\n"
+    noise = EVAL_FWE_NOISE if split == "eval" else FWE_NOISE
+    head = tpl.intro + (" " if split == "eval" else "\n")  # RULER: the coded text follows on the same line
     query = tpl.question + " " + tpl.prefix
     answers = words(4)[1:4]
     budget = gen_budget(encode, FWE_GEN_TOKENS, answers, gen_tokens, length)
@@ -324,7 +423,7 @@ def fwe(
     def layout(c: int) -> Layout:
         counts = _zipf_counts(c, alpha)
         vocab_c = words(len(counts))
-        seq = [FWE_NOISE] * counts[0]
+        seq = [noise] * counts[0]
         for w, m in zip(vocab_c[1:], counts[1:]):
             seq += [w] * m
         random.Random(stable_seed(shuffle_base, c)).shuffle(seq)
@@ -334,5 +433,5 @@ def fwe(
     prompt, spans, qspan, cspan = layout(c)
     counts = _zipf_counts(c, alpha)
     meta = dict(split=split, seed=seed, alpha=alpha, C=c, counts=counts[:8], vocab=words(len(counts))[:8],
-                noise=FWE_NOISE, context_span=cspan)
+                noise=noise, context_span=cspan)
     return Item(prompt, answers, task, length, None, spans, qspan, budget, meta)
