@@ -64,27 +64,28 @@ def solve(prompt: str) -> str:
     m = re.search(r"The pass key is (\d+)\. Remember it\.", prompt)
     if m:
         return f" {m.group(1)}. Remember it."
-    m = re.search(r"What are all the special magic (\w+) for (.+?) mentioned in the provided text\?", prompt)
-    if m:
-        kind, keys = m.group(1), re.split(r",? and |, ", m.group(2))
+    m = re.search(r"What (?:are all|is) the special magic (\w+?)s? for (.+?) mentioned in the provided text\?", prompt)
+    if m:  # singular or plural question; the needles always say "numbers" / "uuids"
+        kind, keys = m.group(1) + "s", re.split(r",? and |, ", m.group(2))
         vals = [v for k in keys for v in
                 re.findall(rf"One of the special magic {kind} for {re.escape(k)} is: (\S+?)\.(?=\s|$)", prompt)]
         return " " + ", ".join(vals) + "."
-    m = re.search(r"assigned the value (\d+) in the text above", prompt)
-    if m:
-        holders = {a for a, b in re.findall(r"VAR ([A-Z]+) = (\d+)\.", prompt) if b == m.group(1)}
-        links = re.findall(r"VAR ([A-Z]+) = VAR ([A-Z]+)\.", prompt)
+    asked = re.findall(r"assigned the value (\d+) in the text above", prompt)
+    if asked:  # the last question is the item's (a solved example may come first)
+        holders = {a for a, b in re.findall(r"VAR ([A-Z]+) = (\d+)", prompt) if b == asked[-1]}
+        links = re.findall(r"VAR ([A-Z]+) = VAR ([A-Z]+)", prompt)
         while True:
             new = {a for a, b in links if b in holders} - holders
             if not new:
                 break
             holders |= new
         return " " + " ".join(sorted(holders))
-    ctx = prompt.split("\n", 1)[1].rsplit("\nQuestion:", 1)[0]
     if prompt.startswith("Below is a numbered list of words"):
+        ctx = prompt.rsplit("most often.\n", 1)[1].rsplit("\nQuestion:", 1)[0]
         return " " + ", ".join(w for w, _ in Counter(re.findall(r"\d+\. (\S+)", ctx)).most_common(10))
     if prompt.startswith("Read the following coded text"):
-        return " " + ", ".join(w for w, _ in Counter(w for w in ctx.split() if w != "....").most_common(3))
+        ctx = prompt.split("coded words.", 1)[1].rsplit("\nQuestion:", 1)[0]
+        return " " + ", ".join(w for w, _ in Counter(w for w in ctx.split() if w not in ("...", "....")).most_common(3))
     raise AssertionError(f"oracle cannot parse prompt: {prompt[:80]!r}")
 
 
@@ -173,11 +174,39 @@ def test_oracle_scores_100_on_every_ruler_task_and_random_zero(tmp_path):
     files = ruler_eval.outputs(doc)
     write_outputs(tmp_path, files)
     md = (tmp_path / "ruler.md").read_text()
-    assert "| oracle | 512 | 100.0 | 100.0 |" in md and "| niah_multiquery | 100.0 | 100.0 |" in md
-    assert json.loads((tmp_path / "ruler.json").read_text())["settings"]["tasks"][-1] == "fwe"
+    assert "| oracle | 512 | 100.0 ± 0.0 | 100.0 ± 0.0 |" in md and "| niah_multiquery | 100.0 ± 0.0 | 100.0 ± 0.0 |" in md
+    assert "## Synthetic mean over 11 tasks" in md and "Tasks: niah_single_1, niah_single_2," in md
+    back = json.loads((tmp_path / "ruler.json").read_text())
+    assert back["settings"]["tasks"][-1] == "fwe" and back["settings"]["metric"] == "string_match_all x100"
+    assert all(m["tasks"] == back["settings"]["tasks"] for m in back["results"][0]["means"])
     # the essay haystack passkey grid goes through the same pipeline
     d2 = niah_eval.evaluate([oracle], lengths=[400], depths=[0, 100], samples=2, haystack="essay", progress=False)
     assert all(c["accuracy"] == 1.0 for c in d2["results"][0]["cells"])
+
+
+def test_ruler_stderr_and_mean_over_tasks_run():
+    assert ruler_eval.stderr(50.0, 4) == 25.0 and ruler_eval.stderr(100.0, 7) == 0.0
+    assert ruler_eval.stderr(20.0, 100) == pytest.approx(4.0)
+    tiny = {"seed": 1, "settings": {"samples": 4, "lengths": [512], "tasks": ["vt", "cwe"],
+                                    "metric": "string_match_all x100"},
+            "results": [{"model": "a", "train_seq_len": 512,
+                         "scores": [{"length": 512, "task": "vt", "score": 50.0, "stderr": 25.0, "n": 4},
+                                    {"length": 512, "task": "cwe", "score": 100.0, "stderr": 0.0, "n": 4}],
+                         "means": [{"length": 512, "score": 75.0, "stderr": 12.5, "tasks": ["vt", "cwe"]}]}]}
+    md = ruler_eval.markdown(tiny)
+    assert "## Synthetic mean over 2 tasks\n" in md and "Tasks: vt, cwe." in md
+    assert "| a | 512 | 75.0 ± 12.5 |" in md and "| vt | 50.0 ± 25.0 |" in md
+    assert "| **synthetic mean (2 tasks)** | 75.0 ± 12.5 |" in md
+
+
+def test_ruler_cli_defaults_to_50_samples():
+    import argparse
+
+    from rnope.commands import eval as eval_cmd
+
+    p = argparse.ArgumentParser()
+    eval_cmd.add_arguments(p)
+    assert p.parse_args(["ruler", "--ckpt", "c", "--out", "o"]).samples == 50
 
 
 # ------------------------------------------------------------------------------------ model paths

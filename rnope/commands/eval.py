@@ -54,9 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     n.set_defaults(_eval=_run_niah)
 
     r = sub.add_parser("ruler", help="RULER's 11 synthetic tasks at several lengths",
-                       description="RULER synthetic tasks (EVAL.md): string_match_all x100 per task and length, "
-                                   "mean over tasks. Writes ruler.json, ruler.md, ruler.png.")
-    _common(r, 10, "samples per task and length")
+                       description="RULER synthetic tasks (EVAL.md): string_match_all x100 per task and length "
+                                   "with its binomial standard error, and the synthetic mean over the tasks run. "
+                                   "Writes ruler.json, ruler.md, ruler.png.")
+    _common(r, 50, "samples per task and length")
     r.add_argument("--lengths", default="1024,2048,4096", help="context lengths in tokens")
     r.add_argument("--tasks", default="all", help="all, or a comma list of RULER task names")
     r.add_argument("--gen-tokens", type=int, default=None, help="generation budget for every task (default: per task)")
