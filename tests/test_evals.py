@@ -132,6 +132,31 @@ def test_oracle_scores_one_on_every_niah_cell_and_random_zero(tmp_path):
     assert back["results"] == doc["results"]
 
 
+def test_heldout_wording_items_that_do_not_fit_are_redrawn_and_the_rest_kept():
+    from rnope.evals.args import item_seed
+    from rnope.tasks.family import lookup
+
+    o = Oracle()
+    items = niah_eval.build_items(o, [200], [0.0, 50.0, 100.0], 20, 3, wording="heldout")
+    assert len(items) == 60 and all(len(o.encode(it.prompt)) <= 200 for it in items)
+    redrawn = 0
+    for k, it in enumerate(items):
+        d, i = [0.0, 50.0, 100.0][k // 20], k % 20
+        try:
+            first = lookup(item_seed(3, "niah-heldout", i), 200, d, encode=o.encode, split="eval")
+        except ValueError as e:
+            assert "too short" in str(e)
+            redrawn += 1
+            continue
+        assert it.prompt == first.prompt and it.answers == first.answers  # a fitting first draw is kept
+    assert redrawn >= 5  # byte-level tokens at 200: about a quarter of the first draws do not fit
+    key = {it.prompt: " " + " ".join(it.answers) + "." for it in items}  # a double that knows these items
+    o.complete = lambda prompts, n: [key[p] for p in prompts]
+    doc = niah_eval.evaluate([o], lengths=[200], depths="0,50,100", samples=20, seed=3, wording="heldout",
+                             progress=False)
+    assert all(c["n"] == 20 and c["accuracy"] == 1.0 for c in doc["results"][0]["cells"])
+
+
 def test_niah_json_schema_heatmap_and_markdown(tmp_path):
     doc = niah_eval.evaluate([Oracle("m1")], lengths="300,400", depths="0,50,100", samples=1, seed=3, progress=False)
     write_outputs(tmp_path / "out", niah_eval.outputs(doc))

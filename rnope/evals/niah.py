@@ -48,19 +48,34 @@ def build_items(
     ``split="train"`` builds the same grid from the *training* templates and filler: a diagnostic
     that tells "cannot retrieve" from "retrieves, but not with an unseen template"."""
     from ..tasks import passkey
-    from ..tasks.family import lookup
 
     items = []
     for L in lengths:
         for d in depths:
             for i in range(samples):
                 if wording == "heldout":
-                    items.append(lookup(item_seed(seed, "niah-heldout", i), L, d, encode=predictor.encode, split=split,
-                                        haystack=haystack, essay=essay, gen_tokens=gen_tokens))
+                    items.append(_heldout_item(seed, i, L, d, predictor.encode, split, haystack, essay, gen_tokens))
                 else:
                     items.append(passkey(item_seed(seed, "niah", i), L, d, encode=predictor.encode, haystack=haystack,
                                          essay=essay, gen_tokens=gen_tokens, split=split))
     return items
+
+
+def _heldout_item(seed: int, i: int, L: int, depth: float, encode, split: str, haystack: str,
+                  essay: Sequence[str] | None, gen_tokens: int | None) -> Any:
+    """Item ``i`` on a held-out wording. Near a length's lower limit a long wording (with its answer
+    budget) may not fit: the item is then drawn again from a derived seed, up to 8 times, so that every
+    cell keeps its count (items that fit at the first draw are never redrawn)."""
+    from ..tasks.family import lookup
+
+    for attempt in range(8):
+        parts = ("niah-heldout", i) if attempt == 0 else ("niah-heldout", i, "redraw", attempt)
+        try:
+            return lookup(item_seed(seed, *parts), L, depth, encode=encode, split=split, haystack=haystack,
+                          essay=essay, gen_tokens=gen_tokens)
+        except ValueError as e:
+            if "too short" not in str(e) or attempt == 7:
+                raise
 
 
 def check_settings(lengths, depths, samples: int, haystack: str, gen_tokens: int | None,
