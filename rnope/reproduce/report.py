@@ -240,10 +240,11 @@ def _ruler_section(ms: dict, profile) -> list[str]:
         return ["", "## RULER", "", "Not evaluated: no task fits the evaluated lengths."]
     L = profile.seq_len
     run = next(iter(ms.values())).get("ruler_run", {})
-    out = ["", "## RULER (synthetic tasks in RULER's own wordings; mean score × 100 over the tasks run)", "",
+    out = ["", "## RULER (synthetic tasks in RULER's own wordings; synthetic mean × 100 over the tasks run)", "",
            f"{profile.ruler_samples} items per task and length, essay haystack from rnope's held-out prose, "
-           "`string_match_all`. The models were taught these answer formats with other wordings only. At each length "
-           "the mean covers the tasks whose template fits it (RULER's published average covers 13 tasks, QA included):",
+           "`string_match_all`, prompts as NVIDIA RULER builds them (docs/ruler.md). The models were taught these answer "
+           "formats with other wordings only. At each length the synthetic mean covers the tasks whose template fits "
+           "it; it is not RULER's published average, which covers 13 tasks, QA included:",
            ""]
     for x in rl:
         out.append(f"- {x} tokens ({x // L}×): {', '.join(run.get(str(x), profile.ruler_tasks))}.")

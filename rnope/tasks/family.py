@@ -24,7 +24,8 @@ Items carry several needles when asked (RULER's formats): ``n_keys`` needles wit
 every asked key in needle order.
 
 * :func:`lookup` -- one long-context item (an :class:`~rnope.tasks.common.Item`): the needles at
-  given depths of a haystack (``noise``, ``prose`` or ``words``) fitted to ``length`` tokens.
+  given depths of a haystack (:data:`HAYSTACKS`: ``noise``, ``essay`` prose, ``words`` or distractor
+  ``needles``) fitted to ``length`` tokens.
 * :func:`lookup_document` -- a short, dense training document (needles, a few filler sentences,
   the question and its answer): many fit one training sequence (the curriculum's stages).
 """
