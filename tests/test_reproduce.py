@@ -152,6 +152,20 @@ def test_verdicts_gate_length_claims_and_hold_only_in_every_seed():
     assert "- ⚠️ rnope-swa at 8×: 0.97 (seeds 1.00 / 0.95), withheld: it does not retrieve at 1×." in verdicts(ms, prof)
 
 
+def test_full_reads_length_failures_four_times_past_the_long_stage():
+    from rnope.reproduce.profiles import get_profile
+    from rnope.reproduce.report import verdicts
+
+    prof = get_profile("full")  # the long stage at 2x: 8x lies 4x past it, as the paper's 256k past its 64k stage
+    assert prof.niah_factors == (1, 2, 4, 8, 16) and prof.long_factor == 2 and prof.seq_len == 256
+    ms = {"rope": _model("rope", [[0.9, 0.8, 0.5, 0.1, 0.0]] * 3, [4.2] * 3, prof),
+          "rnope-swa": _model("rnope-swa", [[1.0, 1.0, 0.9, 0.9, 0.85]] * 3, [4.2] * 3, prof)}
+    out = verdicts(ms, prof)
+    assert ("- ✅ rope fails beyond its training length: 0.10 (seeds 0.10 / 0.10 / 0.10) at 8×, past the long stage's "
+            "2× (target: < 0.2 in every seed).") in out
+    assert all(any(f"rnope-swa keeps retrieving at {f}× the training length" in v for v in out) for f in (4, 8, 16))
+
+
 def test_seeds_are_aggregated_into_mean_and_spread_in_every_table():
     from rnope.reproduce.profiles import get_profile
     from rnope.reproduce.report import build_results, render
