@@ -326,7 +326,11 @@ def test_bad_files(tmp_path, capsys):
     cfg.write_text("preset: rnope-swa\nbogus: 1\n")
     bad_stage = tmp_path / "stage.yaml"
     bad_stage.write_text("stages:\n  - {name: long, steps: 2, seq_len: 1000, short_seq_len: 256, long_ratio: 0.25}\n")
+    bad_kind = tmp_path / "kinds.yaml"
+    bad_kind.write_text("stages:\n  - {name: near, steps: 2, seq_len: 64, synthetic_kinds: [lookup_near, lookup_nera]}\n")
     cases = [
+        (["--config", str(bad_kind)], f"rnope: error: config file '{bad_kind}': stages[0] ('near'): synthetic_kinds: "
+                                      "unknown kind 'lookup_nera'; known: niah_single, "),
         (["--data", str(empty)], f"rnope: error: --data '{empty}' is empty"),
         (["--config", str(cfg)], f"rnope: error: config file '{cfg}': unknown key 'bogus' (known: "),
         (["--config", str(bad_stage)], f"rnope: error: config file '{bad_stage}': stages[0] ('long'): short_seq_len 256 must be smaller than seq_len 1000 and divide it"),

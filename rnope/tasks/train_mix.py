@@ -34,6 +34,14 @@ def answer_text(item: Item) -> str:
     return " " + ", ".join(item.answers) + "."
 
 
+def known_kinds() -> tuple[str, ...]:
+    """Every name a training run's ``synthetic_kinds`` may list."""
+    from . import TASKS  # deferred: the package imports this module
+    from .family import DOCUMENT_DISTANCES
+
+    return (*FAMILIES, *TASKS, "copy", *RECALL_KINDS, *DOCUMENT_DISTANCES, *LONG_KINDS)
+
+
 def _resolve(kind: str, rng: random.Random, has_essay: bool) -> str:
     from . import ESSAY_TASKS, TASKS  # deferred: the package imports this module
 
@@ -41,10 +49,7 @@ def _resolve(kind: str, rng: random.Random, has_essay: bool) -> str:
         plain, prose = FAMILIES[kind]
         return rng.choice(plain + (prose if has_essay else ()))
     if kind not in TASKS:
-        from .family import DOCUMENT_DISTANCES
-
-        known = ", ".join(list(FAMILIES) + list(TASKS) + ["copy"] + list(RECALL_KINDS) + list(DOCUMENT_DISTANCES) + list(LONG_KINDS))
-        raise ValueError(f"unknown task {kind!r}; known: {known}")
+        raise ValueError(f"unknown task {kind!r}; known: {', '.join(known_kinds())}")
     if kind in ESSAY_TASKS and not has_essay:
         raise ValueError(f"task {kind!r} needs an essay haystack: pass essay=[prose strings]")
     return kind

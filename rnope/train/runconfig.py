@@ -53,6 +53,16 @@ def _check(where: str, name: str, v: Any, kind: str, lo: float | None = None, hi
         raise ValueError(f"{where}{name} must be {'an' if kind == 'integer' else 'a'} {kind}{rng}, got {v!r}")
 
 
+
+def _check_kinds(where: str, kinds) -> None:
+    """One line naming the first unknown synthetic kind (else a bad name fails hours later, when first drawn)."""
+    from ..tasks.train_mix import known_kinds
+
+    known = known_kinds()
+    bad = [k for k in kinds if k not in known]
+    if bad:
+        raise ValueError(f"{where}synthetic_kinds: unknown kind {bad[0]!r}; known: {', '.join(known)}")
+
 @dataclass(frozen=True, kw_only=True)
 class Stage:
     """One phase of a run. Optional fields fall back to the run's values."""
@@ -98,6 +108,8 @@ class Stage:
             not self.synthetic_kinds or not all(isinstance(k, str) for k in self.synthetic_kinds)
         ):
             raise ValueError(f"{where}synthetic_kinds must be a non-empty list of task names")
+        if self.synthetic_kinds is not None:
+            _check_kinds(where, self.synthetic_kinds)
         if self.model is not None:
             if not isinstance(self.model, dict):
                 raise ValueError(f"{where}model must be a mapping of model config overrides, got {type(self.model).__name__}")
@@ -188,6 +200,7 @@ class RunConfig:
             raise ValueError(f"{w}model must be a mapping of model config overrides, got {type(self.model).__name__}")
         if not self.synthetic_kinds or not all(isinstance(k, str) for k in self.synthetic_kinds):
             raise ValueError(f"{w}synthetic_kinds must be a non-empty list of task names")
+        _check_kinds(w, self.synthetic_kinds)
         names = set()
         for i, st in enumerate(self.stages):
             st.validate(f"{w}stages[{i}] ({st.name!r}): " if isinstance(st.name, str) else f"{w}stages[{i}]: ")
