@@ -1,4 +1,4 @@
-"""Peak memory of the attention analysis on a long probe (issue 5: a 16k probe within 4 GB).
+"""Peak memory of the attention analysis on a long probe (target: a 16k probe within 4 GB).
 
 Runs :func:`rnope.analysis.analyze` on one passkey probe of ``--length`` tokens (default 16384) with
 a small randomly initialised model (default preset ``rnope-swa``: 4 layers, d_model 128, byte-level

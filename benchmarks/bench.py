@@ -1,4 +1,4 @@
-"""``rnope bench``: the efficiency figures of DESIGN.md, each next to its baseline, from one run.
+"""``rnope bench``: the efficiency figures of benchmarks/RESULTS.md, each next to its baseline, from one run.
 
     python benchmarks/bench.py [--quick] --out bench.json      (or: rnope bench [--quick] --out ...)
 
@@ -51,7 +51,7 @@ SHAPE = dict(vocab_size=4096, n_layer=8, d_model=256, n_head=4, n_kv_head=2, d_f
 PRESETS = ("rnope-swa", "rope")
 HF_CLASS = {"rnope-swa": "Cohere2ForCausalLM", "rope": "CohereForCausalLM"}
 
-# targets (issue 8); each row of the JSON "targets" table says met or not
+# targets; each row of the JSON "targets" table says met or not
 TARGET_TRAIN_VS_HF = 2.5
 TARGET_MFU = 0.55
 TARGET_DECODE_VS_HF = 4.0

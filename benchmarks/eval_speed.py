@@ -1,6 +1,6 @@
 """Evaluation speed: seconds per NIAH sample at 8k tokens, hybrid cache vs dense (issue: evals).
 
-Builds EVAL.md passkey items of ``--length`` byte-level tokens (depths spread over 0-100 %) and
+Builds passkey items (docs/evaluation.md) of ``--length`` byte-level tokens (depths spread over 0-100 %) and
 greedily completes them through :class:`rnope.evals.runner.ModelPredictor` -- left-padded
 batches, chunked prefill into the hybrid KV cache, then 16 decode steps -- for:
 

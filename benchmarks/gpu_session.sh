@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A whole GPU lease in one command (≈8 minutes on an H100; give the call a 540 s limit):
+# A whole GPU check in one command (≈8 minutes on an H100; give the call a 540 s limit):
 #
 #     bash benchmarks/gpu_session.sh            # logs and JSON under $OUT (default ./gpu_out)
 #
@@ -12,7 +12,7 @@
 #    and under DDP (nccl), each checked for finite losses and the device it reports;
 # 4. the CPU test suite (GPU hidden, tests/conftest.py) against this machine's torch / transformers
 #    versions, in the background from the start, on CPU cores the GPU work leaves idle.
-# Every step has its own time limit, so one hang cannot eat the lease; the summary is printed last.
+# Every step has its own time limit, so one hang cannot eat the GPU time; the summary is printed last.
 # Knobs: SECTIONS (gpu_check's, default kernels,model,train), BUDGET_S (its deadline, default 300),
 # SKIP_CLI=1 (no training CLI runs), TEST_WORKERS (default 6), TEST_TIMEOUT_S (default 300).
 set -u

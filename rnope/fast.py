@@ -1,6 +1,6 @@
 """Static-shape decode: one token per row through fixed-size cache buffers, optionally compiled.
 
-gpt-fast's recipe (STYLE.md): the cache buffers never change shape, the write slot and the
+gpt-fast's recipe: the cache buffers never change shape, the write slot and the
 visibility mask come from the stream time as a *tensor*, and nothing in the step reads a Python int
 that changes between steps — so ``torch.compile(decode_step, dynamic=False)`` traces one graph and
 reuses it for every token. Each layer writes its new K/V at ``slot = time % size`` (a ring for

@@ -292,7 +292,7 @@ def test_unknown_task_and_missing_essay() -> None:
     assert split_sentences(["One two.  Three\nfour! Five?", "", "Six."]) == ["One two.", "Three four!", "Five?", "Six."]
 
 
-# ---------------------------------------------------------------- eval templates are EVAL.md's
+# ---------------------------------------------------------------- eval templates are the documented ones
 def test_eval_templates_match_eval_md() -> None:
     p = make("passkey", 0, 512, 50)
     assert re.fullmatch(r"The pass key is (\d{5})\. Remember it\. \1 is the pass key\.", p.needles[0])

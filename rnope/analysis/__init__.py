@@ -1,4 +1,4 @@
-"""Attention analysis of NIAH probes (EVAL.md "Attention analysis", paper §3).
+"""Attention analysis of NIAH probes (docs/evaluation.md "Attention analysis", paper §3).
 
 * :mod:`~rnope.analysis.capture` -- chunked attention rows of selected queries via the model observer;
 * :mod:`~rnope.analysis.segments` -- Begin / Needle / Context / End token labels and segment mass;

@@ -1,4 +1,4 @@
-"""Attention analysis of NIAH probes (EVAL.md "Attention analysis", paper §3): the Python API.
+"""Attention analysis of NIAH probes (docs/evaluation.md "Attention analysis", paper §3): the Python API.
 
 :func:`analyze` builds passkey probes (needle at 50 % depth, ``split="eval"``), runs the model once per
 probe and, in every layer, recomputes the attention rows of the End queries (question + answer

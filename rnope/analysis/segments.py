@@ -1,4 +1,4 @@
-"""Probe segments (EVAL.md "Attention analysis") and the attention mass each one receives.
+"""Probe segments (docs/evaluation.md "Attention analysis") and the attention mass each one receives.
 
 Segments of a NIAH probe, as token labels:
 

@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     n.set_defaults(_eval=_run_niah)
 
     r = sub.add_parser("ruler", help="RULER's 11 synthetic tasks at several lengths",
-                       description="RULER synthetic tasks (EVAL.md): string_match_all x100 per task and length "
+                       description="RULER synthetic tasks (docs/ruler.md): string_match_all x100 per task and length "
                                    "with its binomial standard error, and the synthetic mean over the tasks run. "
                                    "Writes ruler.json, ruler.md, ruler.png.")
     _common(r, 50, "samples per task and length")

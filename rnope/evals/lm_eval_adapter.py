@@ -22,7 +22,7 @@ Registration -- which one applies depends on the installed lm_eval:
   (or, from Python, ``import rnope.evals.lm_eval_adapter`` before ``lm_eval.simple_evaluate``).
 
 Local task (offline): ``python -m rnope.evals.lm_eval_adapter make-task TASK_DIR`` writes
-``TASK_DIR/passkey.jsonl`` (EVAL.md passkey items) and three task configs that read it with
+``TASK_DIR/passkey.jsonl`` (passkey items (docs/evaluation.md)) and three task configs that read it with
 ``dataset_path: json`` + ``data_files`` (absolute paths, HF datasets cache inside TASK_DIR):
 ``rnope_passkey`` (generate_until, exact match -- the shipped ``local_tasks/passkey.yaml``),
 ``rnope_passkey_ll`` (loglikelihood of the key) and ``rnope_passkey_rolling``
@@ -84,7 +84,7 @@ def passkey_task_configs(data_file: str, cache_dir: str | None = None) -> dict[s
 
 
 def passkey_rows(n: int = 20, lengths: Sequence[int] = (512, 1024), seed: int = 0, encode=None) -> list[dict]:
-    """``n`` EVAL.md passkey items per length (depths spread over 0-100 %), fitted with ``encode``
+    """``n`` passkey items (docs/evaluation.md) per length (depths spread over 0-100 %), fitted with ``encode``
     (default: the byte-level tokenizer, so lengths are in bytes)."""
     from ..tasks import passkey
     from .runner import item_seed

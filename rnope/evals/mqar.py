@@ -1,4 +1,4 @@
-"""Multi-query associative recall (EVAL.md "MQAR", Zoology) in token space.
+"""Multi-query associative recall (docs/evaluation.md, Zoology) in token space.
 
 For every model, sequence length and number of key-value pairs, ``samples`` sequences from
 :func:`rnope.tasks.mqar` (keys and values from disjoint halves of ``[3, vocab)``; queries at

@@ -1,4 +1,4 @@
-"""Needle-in-a-haystack grid (EVAL.md, passkey variant): context lengths x needle depths.
+"""Needle-in-a-haystack grid (docs/evaluation.md, passkey variant): context lengths x needle depths.
 
 Each cell holds ``samples`` passkey items with fresh seeds (:func:`rnope.tasks.passkey`, the
 model's own tokenizer fitting the prompt and generation budget inside the length); the model

@@ -1,4 +1,4 @@
-"""Perplexity vs evaluation length on held-out text (EVAL.md "Perplexity vs length").
+"""Perplexity vs evaluation length on held-out text (docs/evaluation.md).
 
 Held-out documents (``--data SPEC``, split like training does with ``val_fraction`` and split seed
 0, keeping only the validation part; ``val_fraction 0`` = the whole SPEC is held out) are shuffled

@@ -5,7 +5,7 @@ with :func:`write_outputs` -- each file to ``NAME.tmp`` and ``os.replace``-d int
 failed run leaves no partial output. Figures use matplotlib's Agg canvas directly (no pyplot global
 state, no display needed).
 
-Heatmaps (:func:`heatmap_png`) follow EVAL.md: rows = depth % with 0 at the top, columns = context
+Heatmaps (:func:`heatmap_png`) follow docs/evaluation.md: rows = depth % with 0 at the top, columns = context
 length, colour = mean score on a fixed 0-1 red -> yellow -> green scale, the training length marked
 with a dashed line and a ``*`` on its tick. Their pixel size is :func:`heatmap_size` exactly (no
 ``bbox_inches="tight"``), so panels of the same grid line up.

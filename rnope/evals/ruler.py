@@ -1,4 +1,4 @@
-"""RULER's 11 offline synthetic tasks (EVAL.md) at several context lengths.
+"""RULER's 11 offline synthetic tasks (docs/ruler.md) at several context lengths.
 
 For every model, length and task, ``samples`` items with fresh seeds (needles at seeded random
 depths, as RULER does); the model greedily continues the answer prefix and the task's metric

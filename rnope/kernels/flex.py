@@ -2,7 +2,7 @@
 
 ``torch.nn.attention.flex_attention`` runs attention under a *block mask* built from a ``mask_mod``;
 blocks that are fully masked are skipped, so a sliding layer costs O(T·W) on the GPU as the
-blockwise SDPA kernel does on the CPU (DESIGN.md "Efficiency targets"). The mask_mods are the
+blockwise SDPA kernel does on the CPU (benchmarks/RESULTS.md). The mask_mods are the
 visibility rules of :mod:`rnope.kernels.masks`, written on indices:
 
 * sliding window W: ``kv <= q`` and ``q - kv < W`` (W keys including itself; FlashAttention's

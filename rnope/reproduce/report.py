@@ -6,7 +6,7 @@ import math
 import statistics
 from typing import Any
 
-# PAPER.md §3 (8B models; "as reported")
+# the paper's §3 (arXiv 2501.18795; 8B models, as reported there)
 PAPER_VAL = {"rope": 1.52, "qknorm": 1.53, "nope": 1.58}
 PAPER_NEEDLES_65K = {"rope": 9.82, "qknorm": 7.93, "nope": 9.03}
 PAPER_SEGMENTS = {  # model -> {length label: (begin, needle, context, end)}

@@ -1,10 +1,10 @@
-"""Synthetic long-context tasks shared by evaluation and training (see ``shared/EVAL.md``).
+"""Synthetic long-context tasks shared by evaluation and training (docs/evaluation.md).
 
 Text tasks share one signature and live in :data:`TASKS`::
 
     item = get_task("niah_single_1")(seed, length, depth, encode=tok.encode, split="eval", essay=None)
 
-``passkey`` is EVAL.md's passkey; the other eleven are RULER's synthetic tasks (:data:`RULER_TASKS`).
+``passkey`` is the passkey of docs/evaluation.md; the other eleven are RULER's synthetic tasks (:data:`RULER_TASKS`).
 Token-space tasks (:func:`mqar`, :func:`copy_task`) take ids, not text, and are not in ``TASKS``.
 """
 

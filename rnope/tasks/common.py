@@ -1,11 +1,11 @@
-"""Shared machinery for the synthetic long-context tasks (see ``shared/EVAL.md``).
+"""Shared machinery for the synthetic long-context tasks (docs/evaluation.md).
 
 * :class:`Item` -- one generated example (prompt ending in the answer prefix, gold answers, spans).
 * Seeded randomness: every item draws from ``random.Random(blake2b(split, task, seed, length, depth,
   index, ...))`` -- never Python's ``hash()`` -- so eval and train streams never share a seed.
 * Split ownership: generated values (numbers, UUIDs, coded words, pseudo-words, variable names) are
   hash-partitioned between ``"eval"`` and ``"train"``, so a train item can never contain an eval value.
-* Length fitting (EVAL.md "Length fitting", RULER): :func:`fit_haystack` searches the number of
+* Length fitting (docs/evaluation.md "Items", RULER): :func:`fit_haystack` searches the number of
   haystack units so ``len(encode(prompt)) + gen_tokens <= length`` with the model's own tokenizer.
 * Needle placement: at a unit (sentence) boundary at or before the requested depth, measured in
   characters of the haystack (:func:`place`), and :func:`assemble` lays out the prompt with spans.
@@ -49,7 +49,7 @@ class Item:
     """One synthetic long-context example.
 
     ``prompt`` runs up to and including the answer prefix (the model continues it); ``needle_spans``
-    and ``query_span`` are *character* spans into ``prompt`` (``query_span`` is EVAL.md's "End"
+    and ``query_span`` are *character* spans into ``prompt`` (``query_span`` is the "End" segment of docs/evaluation.md
     segment: question + answer prefix); ``length`` is the requested context in model tokens and
     ``len(encode(prompt)) + gen_tokens <= length`` holds.
     """
@@ -124,7 +124,7 @@ def sample_coded_word(rng: random.Random, split: str, n: int = 6, upper: bool = 
 def gen_budget(
     encode: Encode, default: int, answers: Sequence[str], override: int | None = None, length: int | None = None
 ) -> int:
-    """Generation budget in tokens: ``override`` if given; else EVAL.md's ``default``, capped at a
+    """Generation budget in tokens: ``override`` if given; else the task's ``default``, capped at a
     quarter of ``length`` for short contexts ("shorter is fine as long as the gold fits") and
     raised so the gold answer (``" a, b."``) plus 2 tokens always fits."""
     if override is not None:

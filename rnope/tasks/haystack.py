@@ -1,9 +1,9 @@
-"""Haystacks and vocabularies for the synthetic tasks (EVAL.md; RULER's noise / essay / needle).
+"""Haystacks and vocabularies for the synthetic tasks (docs/evaluation.md; RULER's noise / essay / needle).
 
 A :class:`Haystack` is an infinite, prefix-consistent sequence of *units* (sentences or lines)
 joined by ``sep``; the length fit asks for the first ``n`` of them and needles go between units.
 
-* ``noise`` -- EVAL.md's passkey filler ("The grass is green. The sky is blue. ...") cycled one
+* ``noise`` -- the passkey filler ("The grass is green. The sky is blue. ...") cycled one
   sentence per unit (train split: different filler blocks); with ``lines=True`` (RULER's layout, used
   by its eval items) each unit is the whole five-sentence block and units sit on their own lines.
 * ``essay`` -- caller-supplied prose, split into sentences and cycled from a seeded start. The
@@ -43,7 +43,7 @@ __all__ = [
     "split_sentences",
 ]
 
-#: EVAL.md's passkey filler (LongLoRA lineage), one sentence per unit.
+#: the passkey filler (LongLoRA lineage), one sentence per unit.
 NOISE_EVAL: tuple[str, ...] = (
     "The grass is green.",
     "The sky is blue.",
@@ -111,7 +111,7 @@ class Haystack:
 
 
 def noise_haystack(split: str, rng: random.Random, lines: bool = False) -> Haystack:
-    """EVAL.md's grass/sky filler for ``"eval"``; a seeded choice of :data:`NOISE_TRAIN` for train.
+    """the grass/sky filler for ``"eval"``; a seeded choice of :data:`NOISE_TRAIN` for train.
 
     Default: one sentence per unit, joined by spaces. ``lines=True``: RULER's noise layout, one whole
     block per unit and one unit per line (needles then sit on lines of their own between blocks).

@@ -1,4 +1,4 @@
-"""Token-space associative-recall tasks (EVAL.md "MQAR", after Zoology) and a copy warm-up.
+"""Token-space associative-recall tasks (docs/evaluation.md, after Zoology) and a copy warm-up.
 
 :func:`mqar` lays out ``k0 v0 k1 v1 ...`` (keys and values from disjoint halves of
 ``[first_id, vocab_size)``), then the query region: every key asked once, in random order, at slots

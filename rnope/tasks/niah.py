@@ -1,9 +1,9 @@
-"""Needle-in-a-haystack generators: EVAL.md's passkey and RULER's eight NIAH tasks.
+"""Needle-in-a-haystack generators: the passkey of docs/evaluation.md and RULER's eight NIAH tasks.
 
 * :func:`passkey` -- the LongLoRA-lineage passkey: 5-digit key, "The pass key is 12345. Remember
   it. 12345 is the pass key.", question "What is the pass key? The pass key is".
 * ``niah_single_1/2/3``, ``niah_multikey_1/2/3``, ``niah_multivalue``, ``niah_multiquery`` -- RULER's
-  NIAH family with EVAL.md's table: needle "One of the special magic {numbers|words|uuids} for {key}
+  NIAH family as RULER builds it (docs/ruler.md): needle "One of the special magic {numbers|words|uuids} for {key}
   is: {value}.", answer prefix "The special magic numbers for {key} mentioned in the provided text
   are". Values: 7-digit numbers or UUIDs drawn from the item RNG; keys: adjective-noun words.
   Where one value is asked for (6 of the 8 tasks) the eval wording is RULER's singular one
@@ -52,7 +52,7 @@ __all__ = [
     "passkey",
 ]
 
-NIAH_GEN_TOKENS = 128  # EVAL.md generation budget for the NIAH family
+NIAH_GEN_TOKENS = 128  # RULER's generation budget for the NIAH family
 PASSKEY_GEN_TOKENS = 16
 
 
@@ -149,7 +149,7 @@ TRAIN_NIAH: tuple[NiahTemplate, ...] = (
 
 @dataclass(frozen=True)
 class NiahSpec:
-    """One RULER NIAH configuration (EVAL.md table)."""
+    """One RULER NIAH configuration (docs/ruler.md)."""
 
     haystack: str  # noise | essay | needle
     key_type: str  # words | uuids
@@ -225,7 +225,7 @@ def passkey(
     essay: Sequence[str] | None = None,
     gen_tokens: int | None = None,
 ) -> Item:
-    """EVAL.md's passkey item: a 5-digit key at ``depth`` % of a ``noise`` (or ``essay``) haystack."""
+    """The passkey item (docs/evaluation.md): a 5-digit key at ``depth`` % of a ``noise`` (or ``essay``) haystack."""
     task = "passkey"
     rng = item_rng(check_split(split), task, seed, length, depth)
     tpl = EVAL_PASSKEY if split == "eval" else rng.choice(TRAIN_PASSKEY)
@@ -330,7 +330,7 @@ def _bind(task: str) -> Callable[..., Item]:
     gen.__name__ = gen.__qualname__ = task
     spec = NIAH_SPECS[task]
     gen.__doc__ = (
-        f"RULER ``{task}`` (EVAL.md): haystack {spec.haystack}, keys {spec.key_type}, values {spec.value_type}."
+        f"RULER ``{task}`` (docs/ruler.md): haystack {spec.haystack}, keys {spec.key_type}, values {spec.value_type}."
     )
     return gen
 

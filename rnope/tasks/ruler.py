@@ -1,4 +1,4 @@
-"""RULER's non-NIAH synthetic tasks (EVAL.md table): variable tracking, common and frequent words.
+"""RULER's non-NIAH synthetic tasks (docs/ruler.md): variable tracking, common and frequent words.
 
 * :func:`vt` -- one chain of 4 hops in the noise haystack: ``VAR ABCDE = 12345``, then
   ``VAR FGHIJ = VAR ABCDE`` ...; the answer is all five variables holding the value.
@@ -44,7 +44,7 @@ from .haystack import VocabPool, WordPool, cwe_words, noise_haystack
 __all__ = ["EVAL_CWE", "EVAL_FWE", "EVAL_FWE_NOISE", "EVAL_VT", "ListTemplate", "TRAIN_CWE", "TRAIN_FWE", "TRAIN_VT", "VtTemplate",
            "cwe", "fwe", "vt"]
 
-VT_GEN_TOKENS, CWE_GEN_TOKENS, FWE_GEN_TOKENS = 30, 120, 50  # EVAL.md generation budgets
+VT_GEN_TOKENS, CWE_GEN_TOKENS, FWE_GEN_TOKENS = 30, 120, 50  # RULER's generation budgets
 VT_EXAMPLE_TOKENS = 500  # RULER sizes vt's solved example to 500 tokens (here also at most length // 8)
 #: cwe's solved example (RULER): (words, common count, other count) below / from 4096 tokens
 CWE_EXAMPLE_SHORT, CWE_EXAMPLE_LONG = (20, 3, 1), (40, 10, 3)

@@ -1,4 +1,4 @@
-"""Scoring for the synthetic tasks (EVAL.md "Scoring"; RULER's metrics).
+"""Scoring for the synthetic tasks (docs/evaluation.md, docs/ruler.md; RULER's metrics).
 
 * :func:`string_match_all` -- fraction of gold strings found in the prediction (case-insensitive
   substring): NIAH, vt, cwe, fwe.

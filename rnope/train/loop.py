@@ -1,4 +1,4 @@
-"""The training loop. Reads top to bottom (STYLE.md practice 8): per step, the schedule (a pure
+"""The training loop. Reads top to bottom: per step, the schedule (a pure
 function), the eval / checkpoint cadence, the micro-steps, clipping, the optimizer step, the log.
 
 :class:`Plan` is a validated run (built by ``rnope train``); :func:`train` runs it and returns the

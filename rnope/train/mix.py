@@ -1,8 +1,7 @@
 """The training stream: packed corpus sequences mixed with synthetic retrieval documents.
 
-Tiny models learn retrieval only if retrieval is in the training mix (DESIGN.md "Data without
-downloads"), so a fraction ``ratio`` of the training *sequences* are synthetic passkey / NIAH /
-multi-key documents from :func:`rnope.tasks.synthetic_documents` (split ``"train"``: templates,
+Tiny models learn retrieval only if retrieval is in the training mix (docs/study.md), so a
+fraction ``ratio`` of the training *sequences* are synthetic passkey / NIAH / multi-key documents from :func:`rnope.tasks.synthetic_documents` (split ``"train"``: templates,
 filler, keys and values disjoint from evaluation).
 
 Everything is a pure function of ``(seed, length, index)``, so a run resumes exactly from a few
