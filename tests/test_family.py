@@ -27,13 +27,7 @@ from rnope.tasks.family import (
 from rnope.tasks.haystack import EVAL_ADJECTIVES, EVAL_NOUNS, NOISE_EVAL, split_sentences
 from rnope.tasks.train_mix import eval_template_words, synthetic_documents
 
-_TOK = re.compile(r"\w+|[^\w\s]+")
-
-
-def wp_encode(s: str) -> list[int]:
-    """Word/punctuation tokenizer: about one token per word (a stand-in for BPE)."""
-    return [len(t) for t in _TOK.findall(s)]
-
+from .conftest import wp_encode
 
 TRAIN_PROSE = [
     "Bread begins with flour, water, salt and yeast. The baker mixes them and lets the dough rest so the gluten can "
