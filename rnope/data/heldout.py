@@ -52,12 +52,14 @@ def load_essay(path: str | Path) -> list[str]:
         files = [p]
     else:
         raise ValueError(f"--essay: '{path}' does not exist")
+    from .sources import DataError, _read_text  # the --data reader: strict UTF-8, BOM skipped
+
     out: list[str] = []
     for f in files:
         try:
-            out.extend(_paragraphs(f.read_text(encoding="utf-8")))
-        except UnicodeDecodeError:
-            raise ValueError(f"--essay: '{f}' is not UTF-8 text") from None
+            out.extend(p for text in _read_text(f) for p in _paragraphs(text))
+        except DataError as e:
+            raise ValueError(f"--essay: {e}") from None
     if sum(len(x) for x in out) < 200:
         raise ValueError(f"--essay: '{path}' holds {sum(len(x) for x in out)} characters of text; a haystack needs at least 200")
     return out
