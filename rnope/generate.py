@@ -6,6 +6,7 @@ step decodes one token per row. Greedy at temperature 0.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Callable, Sequence
 
 import torch
@@ -13,6 +14,73 @@ import torch
 from .model import Transformer
 
 TokenCallback = Callable[[int, list[int | None]], None]
+
+
+def check_sampling(
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    *,
+    flags: bool = False,
+) -> None:
+    """Raise ``ValueError`` (one line naming the argument and its value) unless ``max_new_tokens``
+    is an integer >= 1, ``temperature`` a number >= 0 (0 = greedy), ``top_k`` None or an integer >= 1
+    and ``top_p`` None or in (0, 1]. Nothing is clipped or read as a default.
+
+    ``flags=True`` names the arguments as ``rnope generate`` spells them (``--top-k``), so the CLI
+    and :func:`generate` refuse the same values with the same words.
+    """
+
+    def name(arg: str) -> str:
+        return "--" + arg.replace("_", "-") if flags else arg
+
+    def integer(arg: str, v) -> None:
+        if isinstance(v, bool) or not isinstance(v, Integral):
+            raise ValueError(f"{name(arg)} must be an integer, got {v!r}")
+
+    integer("max_new_tokens", max_new_tokens)
+    if max_new_tokens < 1:
+        raise ValueError(f"{name('max_new_tokens')} must be >= 1, got {max_new_tokens}")
+    if isinstance(temperature, bool) or not isinstance(temperature, Real):
+        raise ValueError(f"{name('temperature')} must be a number, got {temperature!r}")
+    if not temperature >= 0:  # also NaN
+        raise ValueError(f"{name('temperature')} must be >= 0 (0 = greedy), got {float(temperature)}")
+    if top_k is not None:
+        integer("top_k", top_k)
+        if top_k < 1:
+            raise ValueError(f"{name('top_k')} must be >= 1, got {top_k}")
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, Real):
+            raise ValueError(f"{name('top_p')} must be a number, got {top_p!r}")
+        if not 0 < top_p <= 1:  # also NaN
+            raise ValueError(f"{name('top_p')} must be in (0, 1], got {top_p}")
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (None where that cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def check_cache_fits(model: Transformer, batch_size: int, length: int) -> None:
+    """Raise ``ValueError`` when a KV cache for ``batch_size`` rows of ``length`` tokens cannot fit in
+    the free memory of the model's device (sized on the ``meta`` device: nothing is allocated)."""
+    device = model.embed_tokens.weight.device
+    need = model.new_cache(batch_size, length, device="meta").nbytes
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise ValueError(f"a KV cache for {batch_size} row(s) of {length} tokens (prompt + max_new_tokens) needs "
+                         f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB free on {device.type}")
 
 
 def sample(
@@ -23,8 +91,11 @@ def sample(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Next token ids (B,) from last-position logits (B, V)."""
-    if temperature <= 0:
+    """Next token ids (B,) from last-position logits (B, V); greedy at ``temperature`` 0.
+    A negative (or NaN) temperature raises ``ValueError``: it is never read as greedy."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {float(temperature)}")
+    if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
@@ -78,6 +149,13 @@ def generate(
     Decode runs :class:`rnope.fast.Decoder` over fixed-size cache buffers; ``compile=True`` compiles
     its step with ``torch.compile`` (worth it for long generations: the first call compiles; it
     falls back to eager where compiling is not possible).
+
+    Arguments are checked, never clipped or read as something else (:func:`check_sampling`):
+    ``max_new_tokens`` >= 1, ``temperature`` >= 0 (0 = greedy; a negative one is an error, not
+    greedy), ``top_k`` >= 1 and ``top_p`` in (0, 1]; a bad one raises ``ValueError`` naming it and
+    its value. Every prompt id must lie in ``[0, vocab_size)``. There is no length limit to clip
+    to: the decode cache is allocated for the longest prompt plus ``max_new_tokens``, and positions
+    are not bounded by the model (past ``config.max_seq_len`` RoPE layers extrapolate).
     """
     from .fast import Decoder
 
@@ -94,14 +172,7 @@ def generate(
         bad = [t for t in p if not 0 <= int(t) < vocab]
         if bad:
             raise ValueError(f"prompt {i} has token id {bad[0]} outside the vocabulary [0, {vocab})")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if max_new_tokens == 0:
-        return [[] for _ in prompts]
+    check_sampling(max_new_tokens, temperature, top_k, top_p)
 
     device = model.embed_tokens.weight.device
     generator = None
@@ -109,7 +180,9 @@ def generate(
         generator = torch.Generator(device=device).manual_seed(seed)
     stops = set(stop_ids or ())
     B = len(prompts)
-    cache = model.new_cache(B, max(len(p) for p in prompts) + max_new_tokens)
+    total = max(len(p) for p in prompts) + max_new_tokens
+    check_cache_fits(model, B, total)
+    cache = model.new_cache(B, total)
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
     logits = prefill(model, prompts, cache, pad_id)

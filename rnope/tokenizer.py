@@ -27,7 +27,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-__all__ = ["Tokenizer", "SPECIAL_TOKENS", "PAD", "BOS", "EOS", "N_BYTES"]
+__all__ = ["Tokenizer", "SPECIAL_TOKENS", "PAD", "BOS", "EOS", "N_BYTES", "check_vocab_fits"]
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS)
@@ -64,6 +64,26 @@ def _check_utf8(text: str) -> None:
         raise ValueError(
             f"encode: text is not valid Unicode (lone surrogate {text[e.start]!r} at index {e.start})"
         ) from None
+
+
+def check_vocab_fits(tokenizer, vocab_size: int, where: str | None = None) -> None:
+    """Raise ``ValueError`` when ``tokenizer`` has more tokens than a model's ``vocab_size``.
+
+    The rule: ``tokenizer.vocab_size <= vocab_size``. Fewer tokens is legitimate and accepted:
+    models pad their embedding (to a multiple of 64, or a ``--model.vocab_size`` set above the
+    tokenizer's when training), and ``encode`` never produces the padding ids. More tokens is
+    refused: those ids would index past the embedding, and such a tokenizer belongs to another
+    model. The message is one line naming both sizes, prefixed by ``where`` (a file or a model
+    name) when given. An object without an integer ``vocab_size`` (a test double) is not checked.
+    """
+    n = getattr(tokenizer, "vocab_size", None)
+    if isinstance(n, bool) or not isinstance(n, int) or n <= vocab_size:
+        return
+    prefix = f"{where}: " if where else ""
+    raise ValueError(
+        f"{prefix}tokenizer has {n} tokens but the model's vocab_size is {vocab_size} "
+        "(a tokenizer may have fewer tokens than vocab_size, never more)"
+    )
 
 
 class Tokenizer:

@@ -258,6 +258,14 @@ def test_bad_api_input(tok):
         analyze(model, tok, [LEN], 0, 0)
 
 
+def test_analyze_refuses_a_tokenizer_larger_than_the_vocab(tok):
+    """The byte-level tokenizer (259 tokens) on a 61-token model: refused by name and sizes before
+    any probe is built, not left to fail on whichever id first falls outside the embedding."""
+    with pytest.raises(ValueError, match=r"^model 'small': tokenizer has 259 tokens but the model's vocab_size is 61 "
+                                         r"\(a tokenizer may have fewer tokens than vocab_size, never more\)$"):
+        analyze(tiny_model("rnope-swa"), tok, [LEN], 1, 0, name="small")
+
+
 # -------------------------------------------------------------------------------------------- report
 def test_write_report_files_and_schema(tmp_path, tok):
     model = tiny_model("rnope-swa", **BYTE)

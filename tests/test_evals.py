@@ -270,6 +270,17 @@ def test_train_seq_len_detection(tmp_path):
     assert load_predictor(str(tmp_path / "a")).train_seq_len == 128
 
 
+def test_predictor_refuses_a_tokenizer_larger_than_the_vocab():
+    """The Python entry point takes any tokenizer: one with more tokens than the embedding is
+    another model's and is refused; fewer tokens (a padded vocabulary) is fine."""
+    with pytest.raises(ValueError, match=r"^model 'small': tokenizer has 259 tokens but the model's vocab_size is 64 "
+                                         r"\(a tokenizer may have fewer tokens than vocab_size, never more\)$"):
+        ModelPredictor(tiny_model(vocab_size=64), Tokenizer.byte_level(), name="small")
+    padded = ModelPredictor(tiny_model(vocab_size=320), Tokenizer.byte_level(), name="padded")
+    assert len(padded.complete(["ab"], 2)) == 1
+    assert ModelPredictor(tiny_model(vocab_size=64), None).tokenizer is None  # token-space evaluations
+
+
 def test_parsers():
     assert parse_lengths("512,256,1k,256") == [256, 512, 1024]
     assert parse_depths("0:100:25") == [0.0, 25.0, 50.0, 75.0, 100.0]

@@ -84,3 +84,71 @@ def test_cli_generate_passes_device_dtype_and_compile(tmp_path, monkeypatch, cap
     assert main(["generate", "--ckpt", str(tmp_path / "ck"), "--prompt", "hi", "--max-new-tokens", "3",
                  "--compile", "--dtype", "bfloat16", "--device", "cpu"]) == 0
     assert seen == [(torch.float32, "cpu", False), (torch.bfloat16, "cpu", True)]
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(temperature=-1.0), r"temperature must be >= 0 \(0 = greedy\), got -1.0"),
+        (dict(temperature=-1), r"temperature must be >= 0 \(0 = greedy\), got -1.0"),
+        (dict(temperature=float("nan")), r"temperature must be >= 0 \(0 = greedy\), got nan"),
+        (dict(top_k=0), "top_k must be >= 1, got 0"),
+        (dict(top_k=-3), "top_k must be >= 1, got -3"),
+        (dict(top_k=True), "top_k must be an integer, got True"),
+        (dict(top_k=2.5), "top_k must be an integer, got 2.5"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5"),
+        (dict(top_p=float("nan")), r"top_p must be in \(0, 1\], got nan"),
+        (dict(max_new_tokens=0), "max_new_tokens must be >= 1, got 0"),
+        (dict(max_new_tokens=-2), "max_new_tokens must be >= 1, got -2"),
+        (dict(max_new_tokens=2.0), "max_new_tokens must be an integer, got 2.0"),
+    ],
+)
+def test_generate_refuses_sampling_arguments_instead_of_reinterpreting(kw, message):
+    """A negative temperature is an error, not greedy; nothing is clipped or defaulted."""
+    with pytest.raises(ValueError, match="^" + message + "$"):
+        generate(tiny_model("rnope-swa"), [[1, 2, 3]], **{"max_new_tokens": 4, **kw})
+
+
+def test_sample_refuses_negative_temperature():
+    from rnope.generate import sample
+
+    with pytest.raises(ValueError, match=r"^temperature must be >= 0 \(0 = greedy\), got -0.5$"):
+        sample(torch.zeros(1, 8), temperature=-0.5)
+
+
+def test_cli_and_api_refuse_sampling_arguments_with_the_same_words():
+    from rnope.generate import check_sampling
+
+    cases = [(4, -1.0, None, None), (4, 0.0, 0, None), (4, 0.0, None, 2.0), (0, 0.0, None, None)]
+    for n, t, k, p in cases:
+        with pytest.raises(ValueError) as api:
+            check_sampling(n, t, k, p)
+        with pytest.raises(ValueError) as cli:
+            check_sampling(n, t, k, p, flags=True)
+        name = str(api.value).split(" ")[0]
+        assert str(cli.value) == "--" + name.replace("_", "-") + str(api.value)[len(name):]
+
+
+def test_generate_past_max_seq_len_is_not_clipped():
+    """The model bounds no position and the decode cache is sized per call: a prompt plus
+    max_new_tokens beyond config.max_seq_len generates every token asked for (nothing to clip to)."""
+    model = tiny_model("rnope-swa", max_seq_len=16)
+    prompt = list(range(3, 15))
+    out = generate(model, [prompt], 10, stop_ids=[])
+    assert len(out[0]) == 10 and out[0] == _greedy_reference(model, prompt, 10)
+
+
+def test_max_new_tokens_beyond_what_a_cache_can_hold_is_refused_before_allocating(monkeypatch):
+    """A KV cache that cannot fit in free memory is a ValueError naming the sizes, not an allocation
+    that swaps the machine or dies in torch."""
+    import importlib
+
+    g = importlib.import_module("rnope.generate")  # the module (the package attribute is the function)
+    model = tiny_model("rnope-swa")
+    need = model.new_cache(2, 4 + 10**9, device="meta").nbytes
+    monkeypatch.setattr(g, "free_memory", lambda device: 2**30)
+    with pytest.raises(ValueError, match=rf"^a KV cache for 2 row\(s\) of {4 + 10**9} tokens \(prompt \+ max_new_tokens\) "
+                                         rf"needs {need / 2**30:.1f} GiB, more than the 1.0 GiB free on cpu$"):
+        g.generate(model, [[1, 2, 3, 4], [5, 6]], max_new_tokens=10**9)
+    assert len(g.generate(model, [[1, 2, 3, 4]], max_new_tokens=2)[0]) == 2  # a cache that fits is unaffected

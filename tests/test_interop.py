@@ -381,7 +381,7 @@ def test_import_refuses_missing_shard_and_bad_shapes(tmp_path):
     with pytest.raises(CheckpointError, match=f"^{tmp_path / 'hf' / shards[1]} is missing$"):
         rnope.load(tmp_path / "hf")
     _edit(ok, intermediate_size=48)
-    with pytest.raises(CheckpointError, match=r"tensor 'model.layers.0.mlp.(gate|up|down)_proj.weight' has shape \((64, 32|32, 64)\), config.json implies"):
+    with pytest.raises(CheckpointError, match=r"ok/config.json: intermediate_size is 48 but model-\d+-of-\d+.safetensors holds 64 \(model.layers.0.mlp.gate_proj.weight\)$"):
         rnope.load(ok)
 
 
@@ -393,6 +393,43 @@ def test_import_tokenizer_without_specials_is_skipped_with_a_note(hf_dir, capsys
     model, tok = load_hf(hf_dir)
     assert tok is None
     assert "lacks special token '<pad>': imported without a tokenizer" in capsys.readouterr().err
+
+
+def _bigger_tokenizer(hf_dir, n_added=41, specials=True):
+    """Overwrite hf_dir/tokenizer.json with one of 259 + n_added tokens (with or without rnope's specials)."""
+    from tokenizers import Tokenizer as HFT
+    from tokenizers import models
+
+    if specials:
+        tok = Tokenizer.byte_level()
+        tok.hf.add_tokens([f"<extra_{i}>" for i in range(n_added)])
+        tok.save(hf_dir / "tokenizer.json")
+    else:
+        vocab = {f"w{i}": i for i in range(258 + n_added)} | {"[UNK]": 258 + n_added}
+        HFT(models.WordLevel(vocab, unk_token="[UNK]")).save(str(hf_dir / "tokenizer.json"))
+
+
+@pytest.mark.parametrize("specials", [True, False], ids=["rnope-tokenizer", "foreign-tokenizer"])
+def test_import_refuses_tokenizer_larger_than_config_vocab(hf_dir, tmp_path, capsys, specials):
+    """tokenizer.json with more tokens than config.json's vocab_size: refused naming both files and
+    both numbers, before the weights are read -- also when rnope could not use the tokenizer."""
+    _bigger_tokenizer(hf_dir, specials=specials)
+    msg = (f"{hf_dir / 'tokenizer.json'} has 300 tokens but {hf_dir / 'config.json'} has vocab_size 259 "
+           "(a tokenizer may have fewer tokens than vocab_size, never more)")
+    with pytest.raises(CheckpointError, match="^" + re.escape(msg) + "$"):
+        rnope.load(hf_dir)
+    assert main(["import", str(hf_dir), "--out", str(tmp_path / "ck")]) == 2
+    assert capsys.readouterr().err == f"rnope: error: {msg}\n"
+    assert not (tmp_path / "ck").exists() and not leftovers(tmp_path, "ck")
+    (hf_dir / "model.safetensors").unlink()  # refused before any weights are read
+    with pytest.raises(CheckpointError, match="^" + re.escape(msg) + "$"):
+        import_hf(hf_dir, tmp_path / "ck")
+
+
+def test_import_keeps_tokenizer_smaller_than_padded_vocab(tmp_path):
+    d = export(random_model("rnope-swa", vocab_size=320), tmp_path / "hf", Tokenizer.byte_level(), log=None)
+    model, tok = load_hf(d, log=None)
+    assert model.config.vocab_size == 320 and tok is not None and tok.vocab_size == 259
 
 
 def test_export_is_atomic_and_refuses_existing_output(tmp_path, monkeypatch):

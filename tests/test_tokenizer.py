@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models
 
-from rnope.tokenizer import Tokenizer
+from rnope.tokenizer import Tokenizer, check_vocab_fits
 
 EDGE_CASES = [
     "",
@@ -169,3 +169,14 @@ def test_to_json_is_tokenizer_json() -> None:
     assert spec["normalizer"] is None
     assert spec["pre_tokenizer"]["add_prefix_space"] is False
     assert {t["content"] for t in spec["added_tokens"]} == {"<pad>", "<bos>", "<eos>"}
+
+
+def test_check_vocab_fits_allows_fewer_tokens_and_refuses_more():
+    tok = Tokenizer.byte_level()
+    check_vocab_fits(tok, 259)
+    check_vocab_fits(tok, 320)  # a padded embedding
+    with pytest.raises(ValueError, match=r"^tokenizer has 259 tokens but the model's vocab_size is 258 "
+                                         r"\(a tokenizer may have fewer tokens than vocab_size, never more\)$"):
+        check_vocab_fits(tok, 258)
+    with pytest.raises(ValueError, match=r"^ck/tokenizer.json: tokenizer has 259 tokens but the model's vocab_size is 64 "):
+        check_vocab_fits(tok, 64, "ck/tokenizer.json")

@@ -323,7 +323,14 @@ def analyze(
 
     ``probes`` (from :func:`build_probes`) skips building them again. Memory stays near one forward
     pass plus ``chunk_bytes``: rows are reduced per layer as they are computed.
+
+    ``tokenizer`` may have fewer tokens than the model's ``vocab_size`` (a padded embedding), not
+    more: such a tokenizer raises ``ValueError`` naming both sizes before any probe is built
+    (:func:`rnope.tokenizer.check_vocab_fits`).
     """
+    from ..tokenizer import check_vocab_fits
+
+    check_vocab_fits(tokenizer, model.config.vocab_size, f"model {name!r}")
     if probes is None:
         probes = build_probes(tokenizer, lengths, samples, seed, depth=depth, haystack=haystack, essay=essay)
     specs = model.config.layers

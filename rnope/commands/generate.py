@@ -75,22 +75,16 @@ def run(args) -> int:
 
     from ..checkpoint import load
     from ..evals.runner import pick_device, pick_dtype
-    from ..generate import generate
+    from ..generate import check_sampling, generate
 
     if args.input and not args.output:
         raise ValueError("--input needs --output")
     if args.output and not args.input:
         raise ValueError("--output is only used with --input (a --prompt completion streams to stdout)")
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    # the checks rnope.generate() makes, worded with the flags, before the model loads
+    check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, flags=True)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not args.temperature >= 0:
-        raise ValueError(f"--temperature must be >= 0 (0 = greedy), got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.output:
         _check_output(Path(args.output))
     rows = _read_prompts(args.input) if args.input else None

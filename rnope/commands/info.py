@@ -25,9 +25,12 @@ def run(args) -> int:
     if args.preset:
         cfg = ModelConfig.from_preset(args.preset, **overrides)
     else:
-        from ..checkpoint import read_config, resolve
+        from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, resolve
+        from ..weights_header import check_config
 
-        cfg, _ = read_config(resolve(args.ckpt))
+        d = resolve(args.ckpt)
+        cfg, _ = read_config(d)
+        check_config(cfg, d / CONFIG_FILE, [d / WEIGHTS_FILE])  # report what the weights hold, not an unchecked claim
         if overrides:
             raise ValueError("--model.* overrides apply to --preset only")
     L = cfg.max_seq_len if args.length is None else args.length

@@ -334,7 +334,11 @@ def score_tokens(
 
 # ----------------------------------------------------------------------------------------- predictor
 class ModelPredictor:
-    """:class:`Predictor` over an rnope model and its tokenizer (module doc)."""
+    """:class:`Predictor` over an rnope model and its tokenizer (module doc).
+
+    ``tokenizer`` may be None (token-space evaluations) or have fewer tokens than the model's
+    ``vocab_size`` (a padded embedding); one with more raises ``ValueError`` naming both sizes
+    (:func:`rnope.tokenizer.check_vocab_fits`)."""
 
     def __init__(
         self,
@@ -348,8 +352,12 @@ class ModelPredictor:
         max_length: int | None = None,
         chunk_size: int | None = None,
     ):
+        from ..tokenizer import check_vocab_fits
+
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # a tokenizer larger than the embedding is another model's (rule: rnope.tokenizer.check_vocab_fits)
+        check_vocab_fits(tokenizer, model.config.vocab_size, f"model {name!r}")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name

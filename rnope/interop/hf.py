@@ -28,6 +28,8 @@ import torch
 from ..checkpoint import CheckpointError
 from ..config import ModelConfig
 from ..model import Transformer
+from ..tokenizer import check_vocab_fits
+from ..weights_header import HF_FIELDS, check_config
 from .hf_config import HFConfigError, from_hf_config, to_hf_config
 
 CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
@@ -152,8 +154,7 @@ def export(ckpt_or_model, out_dir: str | os.PathLike, tokenizer=None, *, log: Lo
     dtype = str(next(iter(dtypes))).removeprefix("torch.") if len(dtypes) == 1 else "float32"
     ids: dict[str, int | None] = {"bos_id": None, "eos_id": None, "pad_id": None}
     if tokenizer is not None:
-        if tokenizer.vocab_size > config.vocab_size:
-            raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}")
+        check_vocab_fits(tokenizer, config.vocab_size)
         ids = {"bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id}
     hf_config = to_hf_config(config, dtype=dtype, rnope_version=__version__, **ids)
 
@@ -263,23 +264,37 @@ def _load_weights(model: Transformer, d: Path) -> torch.dtype | None:
     return dtypes.pop() if len(dtypes) == 1 else None
 
 
-def _load_tokenizer(d: Path, vocab_size: int, log: Log | None):
+def _read_tokenizer(d: Path, vocab_size: int) -> tuple[Any, str | None]:
+    """``(tokenizer or None, note or None)`` for ``d/tokenizer.json``, read before any weights.
+
+    A ``tokenizer.json`` with more tokens than ``config.json``'s ``vocab_size`` makes the directory
+    inconsistent (its ids would index past the embedding) and is refused, naming both files and
+    both numbers -- even one rnope could not use anyway. Fewer tokens is a padded vocabulary and
+    fine. A missing or unusable tokenizer (no rnope special tokens, not a tokenizer.json) is a
+    note: the model is imported without a tokenizer.
+    """
+    from tokenizers import Tokenizer as RawTokenizer
+
     from ..tokenizer import Tokenizer
 
     f = d / "tokenizer.json"
     if not f.is_file():
-        if log is not None:
-            log(f"rnope: note: {d} has no tokenizer.json: imported without a tokenizer")
-        return None
+        return None, f"rnope: note: {d} has no tokenizer.json: imported without a tokenizer"
     try:
-        tok = Tokenizer.load(f)
+        raw = RawTokenizer.from_file(str(f))
+    except Exception:  # tokenizers raises a bare Exception on malformed JSON; Tokenizer.load words it
+        raw = None
+    if raw is not None:
+        n = raw.get_vocab_size(with_added_tokens=True)
+        if n > vocab_size:
+            raise CheckpointError(
+                f"{f} has {n} tokens but {d / CONFIG} has vocab_size {vocab_size} "
+                "(a tokenizer may have fewer tokens than vocab_size, never more)"
+            )
+    try:
+        return (Tokenizer.load(f) if raw is None else Tokenizer(raw, source=str(f))), None
     except ValueError as e:
-        if log is not None:
-            log(f"rnope: note: {e}: imported without a tokenizer")
-        return None
-    if tok.vocab_size > vocab_size:
-        raise CheckpointError(f"{f}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {vocab_size}")
-    return tok
+        return None, f"rnope: note: {e}: imported without a tokenizer"
 
 
 def _load(hf_dir, log: Log | None) -> tuple[Transformer, Any, torch.dtype | None, dict]:
@@ -287,9 +302,12 @@ def _load(hf_dir, log: Log | None) -> tuple[Transformer, Any, torch.dtype | None
     if not d.is_dir():
         raise CheckpointError(f"Hugging Face directory '{d}' does not exist" if not d.exists() else f"'{d}' is not a directory")
     config, meta = read_hf_config(d)
+    tok, note = _read_tokenizer(d, config.vocab_size)  # a disagreeing tokenizer is refused before the weights load
+    check_config(config, d / CONFIG, sorted(set(_weight_files(d).values())), prefix="model.", fields=HF_FIELDS)
     model = Transformer(config)
     stored = _load_weights(model, d)
-    tok = _load_tokenizer(d, config.vocab_size, log)
+    if note is not None and log is not None:
+        log(note)
     return model, tok, stored, meta
 
 
