@@ -19,6 +19,11 @@ from .model import Transformer
 
 FORMAT = "rnope"
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+#: sha256 of the files a silent bit flip would corrupt unnoticed: every ``*.safetensors`` (safetensors
+#: checks its header, not its data) and a training checkpoint's ``trainer_state.json``. ``config.json``
+#: and ``tokenizer.json`` stay hand-editable; their content is validated when read.
+CHECKSUM_FILE = "checksums.json"
+_CHECKED = ("trainer_state.json",)
 
 
 class CheckpointError(ValueError):
@@ -29,6 +34,45 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_checksums(d: str | os.PathLike) -> None:
+    """Record the sha256 of the checksummed files of directory ``d`` in ``d/checksums.json``."""
+    d = Path(d)
+    names = sorted(f.name for f in d.iterdir() if f.is_file() and (f.name.endswith(".safetensors") or f.name in _CHECKED))
+    doc = {"algorithm": "sha256", "files": {n: _sha256(d / n) for n in names}}
+    _atomic_write_text(d / CHECKSUM_FILE, json.dumps(doc, indent=1, sort_keys=True))
+
+
+def verify(d: str | os.PathLike, required: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE)) -> None:
+    """Raise :class:`CheckpointError` (one line) if a ``required`` file of ``d`` is missing or a file
+    no longer matches the sha256 recorded at save time. Directories written before checksums were
+    recorded (no ``checksums.json``) are checked for the required files only."""
+    d = Path(d)
+    for name in required:
+        if not (d / name).is_file():
+            raise CheckpointError(f"{d / name} is missing")
+    cfile = d / CHECKSUM_FILE
+    if not cfile.exists():
+        return
+    try:
+        files = json.loads(cfile.read_text(encoding="utf-8"))["files"]
+        assert isinstance(files, dict)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AssertionError):
+        raise CheckpointError(f"{cfile} is unreadable or not a checksum list") from None
+    for name, want in sorted(files.items()):
+        f = d / name
+        if not f.is_file():
+            raise CheckpointError(f"{f} is missing (listed in {CHECKSUM_FILE})")
+        if _sha256(f) != want:
+            raise CheckpointError(f"{f} does not match its sha256 in {CHECKSUM_FILE}: the file is corrupt or was modified")
 
 
 def save(path: str | os.PathLike, model: Transformer, tokenizer: Any = None, *, extra: dict | None = None) -> Path:
@@ -51,6 +95,7 @@ def save(path: str | os.PathLike, model: Transformer, tokenizer: Any = None, *, 
     if extra:
         meta.update(extra)
     _atomic_write_text(path / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True))
+    write_checksums(path)
     return path
 
 
@@ -140,7 +185,11 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: 
         except ImportError:
             raise CheckpointError(f"'{d}' is a Hugging Face directory; HF import is not available") from None
         return load_hf(d, device=device, dtype=dtype)
+    verify(d)
     config, _ = read_config(d)
+    from .weights_header import check_config  # before any model is built: the weights' headers bound the config
+
+    check_config(config, d / CONFIG_FILE, [d / WEIGHTS_FILE])
     # built on "meta" (no random init of weights about to be overwritten: an 8B model skips ~32 GB of
     # init), then the file's tensors are assigned; cast to the default dtype as a fresh model would be
     with torch.device("meta"):

@@ -36,13 +36,17 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path):
     d = rnope.save(tmp_path / "m", model)
     w = d / "model.safetensors"
     w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"m/model.safetensors does not match its sha256 in checksums.json: "
+                                              r"the file is corrupt or was modified$"):
+        rnope.load(d)
+    (d / "checksums.json").unlink()  # a directory written before checksums existed: safetensors' own check
     with pytest.raises(CheckpointError, match=r"model.safetensors: corrupt or truncated safetensors file"):
         rnope.load(d)
     d2 = rnope.save(tmp_path / "m2", model)
     meta = json.loads((d2 / "config.json").read_text())
     meta["model"]["d_ff"] = 128
     (d2 / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match=r"tensor 'layers.0.mlp.gate_proj.weight' has shape \(64, 32\), config.json implies \(128, 32\)"):
+    with pytest.raises(CheckpointError, match=r"m2/config.json: d_ff is 128 but model.safetensors holds 64 \(layers.0.mlp.gate_proj.weight\)$"):
         rnope.load(d2)
     with pytest.raises(CheckpointError, match=r"checkpoint '.*nope' does not exist"):
         rnope.load(tmp_path / "nope")
@@ -53,7 +57,34 @@ def test_corrupt_and_mismatched_checkpoints(tmp_path):
 
 def test_no_pickle_in_checkpoint(tmp_path):
     d = rnope.save(tmp_path / "m", tiny_model("rope"))
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in d.iterdir()) == ["checksums.json", "config.json", "model.safetensors"]
+
+
+def test_a_flipped_byte_in_the_weights_is_caught_by_the_checksum(tmp_path):
+    """safetensors checks its header, not its data: one flipped bit in a weight loads silently without
+    the sha256 recorded at save time."""
+    d = rnope.save(tmp_path / "m", tiny_model("rope"))
+    w = d / "model.safetensors"
+    raw = bytearray(w.read_bytes())
+    raw[-5] ^= 0x01  # inside the last tensor's data
+    w.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match=r"model.safetensors does not match its sha256 in checksums.json"):
+        rnope.load(d)
+    (d / "checksums.json").unlink()
+    rnope.load(d)  # without the checksum the corruption goes unnoticed: what the checksum is for
+    (d / "checksums.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"checksums.json is unreadable or not a checksum list$"):
+        rnope.load(d)
+
+
+def test_config_json_stays_editable(tmp_path):
+    """checksums cover tensors and trainer state, not the hand-editable config.json / tokenizer.json."""
+    d = rnope.save(tmp_path / "m", tiny_model("rope"))
+    meta = json.loads((d / "config.json").read_text())
+    meta["note"] = "edited by hand"
+    (d / "config.json").write_text(json.dumps(meta))
+    assert sorted(json.loads((d / "checksums.json").read_text())["files"]) == ["model.safetensors"]
+    rnope.load(d)
 
 
 def test_load_builds_on_meta_and_skips_the_random_init(tmp_path, monkeypatch):

@@ -218,7 +218,10 @@ def test_pickle_disguised_as_safetensors_is_corrupt(tmp_path, bomb):
     d = rnope.save(tmp_path / "ck", _model())
     (d / "model.safetensors").unlink()
     bomb(d / "model.safetensors")
-    _WATCH.clear()  # safetensors reads this file (as bytes, never unpickled): only the marker matters
+    _WATCH.clear()  # hashed and read as bytes, never unpickled: only the marker matters
+    with pytest.raises(CheckpointError, match="model.safetensors does not match its sha256 in checksums.json"):
+        rnope.load(d)
+    (d / "checksums.json").unlink()  # without a checksum: safetensors' own header check refuses it
     with pytest.raises(CheckpointError, match="corrupt or truncated safetensors file"):
         rnope.load(d)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -185,6 +186,97 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     assert "rnope: error: non-finite loss (nan) at step 5; training stopped (last good checkpoint: " in err
     assert rnope.checkpoint.resolve(out).name == "step_4"
     assert max(r["step"] for r in metrics(out)) == 4
+
+
+# ---- failures after a good start ---------------------------------------------------------------------
+def _flip_byte(d: Path) -> str:
+    w = d / "model.safetensors"
+    raw = bytearray(w.read_bytes())
+    raw[-5] ^= 0x01  # weight data: safetensors itself would load it without complaint
+    w.write_bytes(bytes(raw))
+    return r"model.safetensors does not match its sha256 in checksums.json: the file is corrupt or was modified"
+
+
+def _drop_optimizer(d: Path) -> str:
+    (d / "trainer_state.safetensors").unlink()
+    return r"trainer_state.safetensors is missing"
+
+
+def _half_state_json(d: Path) -> str:
+    f = d / "trainer_state.json"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    return r"trainer_state.json does not match its sha256 in checksums.json"
+
+
+def test_resume_falls_back_to_the_newest_checkpoint_that_verifies(tmp_path, capsys):
+    """A flipped byte in the weights, a missing optimizer file, a half-written trainer state: --resume
+    says which checkpoint it skips (one line), sets it aside and continues from the one before,
+    bit-exactly; rnope.load of the run stays a one-line error until then."""
+    full = tmp_path / "full"
+    assert train(full, "--max-steps", 30, "--save-every", 10, "--eval-every", 0, "--keep", 5, "--synthetic-ratio", 0) == 0
+    for i, corrupt in enumerate((_flip_byte, _drop_optimizer, _half_state_json)):
+        cut = tmp_path / f"cut{i}"
+        shutil.copytree(full, cut)
+        why = corrupt(cut / "checkpoints" / "step_30")
+        if corrupt is not _drop_optimizer:  # rnope.load needs the model files only
+            with pytest.raises(rnope.checkpoint.CheckpointError, match=why):
+                rnope.load(cut)
+        capsys.readouterr()
+        assert main(["train", "--out", str(cut), "--resume"]) == 0
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("rnope:")]
+        assert len(err) == 1 and err[0].startswith("rnope: step_30 does not verify (") and err[0].endswith(
+            "); resuming from step_20 instead"), err
+        assert re.search(why, err[0])
+        ck = cut / "checkpoints"
+        assert sorted(p.name for p in ck.iterdir()) == ["step_10", "step_20", "step_30", "step_30.corrupt"]
+        assert [r["step"] for r in metrics(cut)] == list(range(1, 31))
+        assert losses(cut) == losses(full)
+        from safetensors.torch import load_file
+
+        wa, wb = load_file(ck / "step_30" / "model.safetensors"), load_file(full / "checkpoints" / "step_30" / "model.safetensors")
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_with_no_checkpoint_that_verifies_is_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, "--max-steps", 2, "--save-every", 2, "--eval-every", 0, "--synthetic-ratio", 0) == 0
+    _flip_byte(out / "checkpoints" / "step_2")
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"rnope: error: --resume: no checkpoint of '{out}' verifies (newest: ") and "\n" not in err
+    assert err.endswith("the file is corrupt or was modified)")
+
+
+def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_previous(tmp_path, monkeypatch, capsys):
+    """A full disk while step 4 is saved: one line naming the checkpoint and the cause, no partial
+    step_4 anywhere, step_2 intact and loadable, and --resume continues once the disk has room."""
+    import errno
+
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, *a, **k):
+        if ".tmp-step_4" in str(filename) and str(filename).endswith("trainer_state.safetensors"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+        return real(tensors, filename, *a, **k)
+
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    common = ["--max-steps", 6, "--save-every", 2, "--eval-every", 0, "--synthetic-ratio", 0]
+    assert train(ref, *common) == 0
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    capsys.readouterr()
+    assert train(out, *common) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"rnope: error: cannot write checkpoint '{out / 'checkpoints' / 'step_4'}': No space left on device; "
+                   "training stopped at step 4; last checkpoint: step_2 (intact; rerun with --resume)")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2"]
+    model, _ = rnope.load(out)
+    assert rnope.checkpoint.resolve(out).name == "step_2"
+    monkeypatch.setattr(safetensors.torch, "save_file", real)
+    assert train(out, *common, "--resume") == 0
+    assert [r["step"] for r in metrics(out)] == list(range(1, 7)) and losses(out) == losses(ref)
 
 
 # ---- stages -------------------------------------------------------------------------------------------

@@ -15,10 +15,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..interop.hf import check_out_dir, export
+    from ..outlock import OutLock
     from pathlib import Path
 
-    check_out_dir(Path(args.out))  # refuse before loading the model
-    out = export(args.ckpt, args.out)
+    out = Path(args.out)
+    # one writer per output: the lock beside it, before the checks (a live export is named, not "not empty")
+    lock = OutLock(out) if out.parent.is_dir() else None
+    try:
+        check_out_dir(out)  # refuse before loading the model
+        out = export(args.ckpt, args.out)
+    finally:
+        if lock is not None:
+            lock.release()
     import json
 
     meta = json.loads((out / "config.json").read_text())

@@ -106,7 +106,6 @@ def _check_data(spec: str) -> None:
 
 def _run_info() -> dict:
     import platform
-    import subprocess
     import sys
 
     import numpy
@@ -114,14 +113,9 @@ def _run_info() -> dict:
     import torch
 
     from .. import __version__
+    from ..provenance import git_commit
 
-    sha = None
-    try:
-        here = Path(__file__).resolve().parent
-        r = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        sha = r.stdout.strip() or None if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        pass
+    sha = git_commit()
     hw = {"machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
           "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
     if torch.cuda.is_available():
@@ -164,11 +158,15 @@ def build_plan(args):
     # precedence: resumed run < --config < flags
     base: dict = {}
     resume_from = saved = None
+    rejected = []
     if args.resume:
         if not out.is_dir():
             raise ValueError(f"--resume: run directory '{out}' does not exist")
-        resume_from = latest_checkpoint(out)
+        rejected: list = []
+        resume_from = latest_checkpoint(out, rejected)
         if resume_from is None:
+            if rejected:
+                raise ValueError(f"--resume: no checkpoint of '{out}' verifies (newest: {rejected[0][1]})")
             raise ValueError(f"--resume: '{out}' has no complete checkpoint under checkpoints/")
         try:
             saved = json.loads((resume_from / STATE_JSON).read_text(encoding="utf-8"))
@@ -247,18 +245,37 @@ def build_plan(args):
                              f"(checkpoint: {getattr(got, field)!r}, this run: {getattr(want, field)!r})")
     cache = Path(run.cache_dir or os.environ.get("RNOPE_CACHE") or out / "data")
     return Plan(run=run, out=out, stages=stages, models=models, tokenizer=tok, mode=mode, cache_dir=cache,
-                resume_from=resume_from, run_info=_run_info())
+                resume_from=resume_from, rejected=tuple(d for d, _ in rejected), run_info=_run_info(),
+                notes=tuple(f"rnope: {d.name} does not verify ({why}); resuming from {resume_from.name} instead"
+                            for d, why in rejected))
 
 
 def run(args) -> int:
+    from ..outlock import OutLock
     from ..train import train
 
-    plan = build_plan(args)
-    created = not plan.out.exists()
-    plan.out.mkdir(parents=True, exist_ok=True)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    out = Path(args.out)
+    # one writer per run directory: refuse a second process before reading anything of the run
+    lock = OutLock(out, say=_say) if main_rank and out.parent.is_dir() else None
     try:
-        return train(plan)
-    except (ValueError, OSError):  # e.g. a corpus file that turns out malformed while tokenizing
-        if created and not (plan.out / "checkpoints").exists() and os.environ.get("RANK", "0") == "0":
-            shutil.rmtree(plan.out, ignore_errors=True)
-        raise
+        plan = build_plan(args)
+        created = not plan.out.exists()
+        plan.out.mkdir(parents=True, exist_ok=True)
+        if main_rank and lock is None:
+            lock = OutLock(out, say=_say)
+        try:
+            return train(plan)
+        except (ValueError, OSError):  # e.g. a corpus file that turns out malformed while tokenizing
+            if created and not (plan.out / "checkpoints").exists() and main_rank:
+                shutil.rmtree(plan.out, ignore_errors=True)
+            raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _say(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,25 +49,17 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
 def versions() -> dict[str, Any]:
     """Versions that affect results: rnope (+ git commit when run from a checkout), Python, torch,
     numpy, tokenizers, transformers / lm_eval when installed, and the platform."""
     import torch
 
     from .. import __version__
+    from ..provenance import git_commit
 
     v: dict[str, Any] = {
         "rnope": __version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

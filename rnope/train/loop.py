@@ -14,6 +14,7 @@ import bisect
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -45,6 +46,8 @@ class Plan:
     mode: str  # none | ddp | fsdp
     cache_dir: Path
     resume_from: Path | None = None
+    rejected: tuple[Path, ...] = ()  # newer checkpoints that do not verify: set aside as step_N.corrupt at the start
+    notes: tuple[str, ...] = ()  # one line each, printed when training starts
     run_info: dict = field(default_factory=dict)  # versions, git, hardware: recorded in run.json
 
 
@@ -58,6 +61,16 @@ class _Signals:
     def __init__(self):
         self.signum: int | None = None
         self._prev: dict = {}
+        # RNOPE_STOP_WITH_PARENT=PID (set by ``rnope reproduce`` for its trainings): when that process
+        # dies, however it dies, stop as on SIGTERM instead of training on as an orphan
+        parent = os.environ.get("RNOPE_STOP_WITH_PARENT", "")
+        self._parent = int(parent) if parent.isdigit() else None
+
+    @property
+    def requested(self) -> bool:
+        if self.signum is None and self._parent is not None and os.getppid() != self._parent:
+            self.signum = signal.SIGTERM
+        return self.signum is not None
 
     def __enter__(self):
         import threading
@@ -260,6 +273,11 @@ def _train(plan: Plan, d: dist_.Dist) -> int:
     batches = prefetch(gen) if cuda else gen  # CPU: the cores are busy with the model anyway
     validation = _Validation(val_dir, run, d, amp, say)
     if d.is_main:
+        for msg in plan.notes:
+            say(msg)
+        for bad in plan.rejected:
+            if bad.exists():
+                state_.set_aside(bad)
         state_.clean_tmp(out)
         state_.truncate_metrics(out / "metrics.jsonl", start)
         _write_run_json(plan, d, meta, start)
@@ -269,8 +287,14 @@ def _train(plan: Plan, d: dist_.Dist) -> int:
         if d.is_main:
             name = stages[stage_i].name
             trainer = {**st, "stage_name": name, "world_size": d.world, "run": run.to_dict()}
-            path = state_.write_checkpoint(out, step, config=plan.models[stage_i], model_state=msd, optim_state=osd, tokenizer=tok,
-                                           trainer=trainer, keep=run.keep, extra={"stage": name, "run": run.to_dict()})
+            try:
+                path = state_.write_checkpoint(out, step, config=plan.models[stage_i], model_state=msd, optim_state=osd,
+                                               tokenizer=tok, trainer=trainer, keep=run.keep, extra={"stage": name, "run": run.to_dict()})
+            except state_.CheckpointWriteError as e:
+                last = state_.latest_checkpoint(out)
+                raise state_.CheckpointWriteError(
+                    e.errno, f"{e}; training stopped at step {step}; last checkpoint: "
+                             f"{last.name + ' (intact; rerun with --resume)' if last else 'none'}") from None
             say(f"saved {path}")
         dist_.barrier(d)
 
@@ -292,7 +316,7 @@ def _train(plan: Plan, d: dist_.Dist) -> int:
             while True:
                 s = st["step"]  # optimizer steps done
                 final, boundary = s >= total, s in starts[1:]
-                stopping = dist_.any_flag(d, sig.signum is not None) if d.world == 1 or (s - start) % log_every == 0 else False
+                stopping = dist_.any_flag(d, sig.requested) if d.world == 1 or (s - start) % log_every == 0 else False
 
                 # -- eval / checkpoint cadence, for the weights after s steps (done already at a resume point)
                 if (s > start or plan.resume_from is None) and (final or boundary or every(run.eval_every, s)):

@@ -29,14 +29,17 @@ import torch
 from .. import checkpoint as ckpt
 
 __all__ = [
+    "CheckpointWriteError",
     "STATE_JSON",
     "STATE_TENSORS",
     "clean_tmp",
     "latest_checkpoint",
     "read_checkpoint",
     "rng_state",
+    "set_aside",
     "set_rng_state",
     "truncate_metrics",
+    "verify_checkpoint",
     "write_checkpoint",
 ]
 
@@ -113,11 +116,28 @@ def write_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``run_dir/checkpoints/step_<step>`` atomically and prune to the last ``keep``."""
-    from safetensors.torch import save_file
-
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     tmp, final = root / f".tmp-step_{step}", root / f"step_{step}"
+    try:
+        return _write(root, tmp, final, step, config=config, model_state=model_state, optim_state=optim_state,
+                      tokenizer=tokenizer, trainer=trainer, keep=keep, extra=extra)
+    except OSError as e:  # a full disk, a failed write: no partial step_N; the previous checkpoints stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = e.strerror or str(e)
+        raise CheckpointWriteError(e.errno, f"cannot write checkpoint '{final}': {cause}") from None
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; ``str()`` is one line naming the checkpoint and the cause."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _write(root: Path, tmp: Path, final: Path, step: int, *, config, model_state, optim_state, tokenizer, trainer, keep, extra) -> Path:
+    from safetensors.torch import save_file
+
     if tmp.exists():
         shutil.rmtree(tmp)
     ckpt.save(tmp, _Weights(config, model_state), tokenizer, extra={"step": step, **(extra or {})})
@@ -132,6 +152,7 @@ def write_checkpoint(
     save_file(tensors, str(tmp / STATE_TENSORS), metadata={"format": "pt", "producer": "rnope-train"})
     meta = {**trainer, "step": step, "param_groups": groups, "rng": rng_meta}
     (tmp / STATE_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
+    ckpt.write_checksums(tmp)
     for f in tmp.iterdir():
         _fsync_path(f)
     _fsync_path(tmp)
@@ -140,7 +161,11 @@ def write_checkpoint(
         old = root / f".tmp-old-step_{step}"
         shutil.rmtree(old, ignore_errors=True)
         os.rename(final, old)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            os.rename(old, final)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
@@ -161,13 +186,42 @@ def clean_tmp(run_dir: Path) -> None:
 
 
 # ---- read -----------------------------------------------------------------------------------------
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete training checkpoint (weights, config and trainer state) of a run."""
-    need = (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, STATE_JSON, STATE_TENSORS)
-    for _, d in reversed(_step_dirs(run_dir / "checkpoints")):
-        if all((d / f).is_file() for f in need):
-            return d
+REQUIRED = (ckpt.CONFIG_FILE, ckpt.WEIGHTS_FILE, STATE_JSON, STATE_TENSORS)
+
+
+def verify_checkpoint(d: Path) -> str | None:
+    """``None`` if training checkpoint ``d`` is complete and matches its checksums, else why not (one line)."""
+    try:
+        ckpt.verify(d, REQUIRED)
+        meta = json.loads((d / STATE_JSON).read_text(encoding="utf-8"))
+    except ckpt.CheckpointError as e:
+        return str(e)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"{d / STATE_JSON} is unreadable ({e.__class__.__name__}: {e})"
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        return f"{d / STATE_JSON} is not a trainer state (no integer 'step')"
     return None
+
+
+def latest_checkpoint(run_dir: Path, rejected: list[tuple[Path, str]] | None = None) -> Path | None:
+    """The newest training checkpoint of a run that verifies (:func:`verify_checkpoint`); those newer
+    that do not are appended to ``rejected`` as ``(path, reason)``."""
+    for _, d in reversed(_step_dirs(run_dir / "checkpoints")):
+        why = verify_checkpoint(d)
+        if why is None:
+            return d
+        if rejected is not None:
+            rejected.append((d, why))
+    return None
+
+
+def set_aside(d: Path) -> Path:
+    """Rename a checkpoint that does not verify to ``step_N.corrupt`` (kept for inspection; no reader
+    picks it up, and the step can be written again)."""
+    dst = d.with_name(d.name + ".corrupt")
+    shutil.rmtree(dst, ignore_errors=True)
+    os.rename(d, dst)
+    return dst
 
 
 def read_checkpoint(d: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
