@@ -249,3 +249,87 @@ def test_segment_verdicts_follow_the_papers_comparisons():
     assert f"- ✅ QK-Norm has the least needle mass at {Lx}: qknorm 0.0100, rope 0.0297, nope 0.0397 (seed means)." in out
     assert any(line.startswith("- ✅ QK-Norm has higher attention entropy") and line.endswith("and higher than NoPE (6.17, not measured in the paper).")
                for line in out)
+
+
+# ---- an interrupted study ---------------------------------------------------------------------------
+def _stop_during_evaluation(src, dst, sig):
+    """Copy a finished study, drop rnope-swa's evaluation and the report, re-run it in a subprocess and
+    send ``sig`` once it is evaluating; returns (returncode, stderr)."""
+    import shutil
+    import signal as _signal
+    import subprocess
+    import sys
+    import time
+
+    shutil.copytree(src, dst)
+    for f in ("evals/rnope-swa.json", "REPORT.md", "results.json"):
+        (dst / f).unlink()
+    p = subprocess.Popen([sys.executable, "-m", "rnope", "reproduce", "--profile", "smoke", "--out", str(dst), "--jobs", "1"],
+                         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = []
+    for line in p.stderr:  # "evaluating 1 model(s) ...": the evaluation has started
+        lines.append(line)
+        if "evaluating 1 model(s)" in line:
+            time.sleep(1.0)
+            p.send_signal(sig)
+            break
+    rest = p.stderr.read()
+    p.wait(timeout=120)
+    assert p.returncode is not None and sig in (_signal.SIGTERM, _signal.SIGKILL)
+    return p.returncode, "".join(lines) + rest
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGKILL"])
+def test_a_study_stopped_during_evaluation_resumes_with_its_finished_results(study, tmp_path, capsys, signame):
+    import signal as _signal
+
+    sig = getattr(_signal, signame)
+    copy = tmp_path / "s"
+    code, err = _stop_during_evaluation(study, copy, sig)
+    if sig == _signal.SIGTERM:
+        assert code == 143 and err.strip().splitlines()[-1] == (
+            "rnope: study stopped by SIGTERM; finished trainings and evaluations are kept, the same command resumes it")
+    else:
+        assert code == -sig
+    assert not (copy / "evals" / "rnope-swa.json").exists() and not (copy / "REPORT.md").exists()
+    kept = {p: p.read_bytes() for p in [copy / "runs" / "rope" / "DONE", copy / "runs" / "rnope-swa" / "DONE",
+                                        copy / "evals" / "rope.json"]}
+    capsys.readouterr()
+    assert main(["reproduce", "--profile", "smoke", "--out", str(copy), "--jobs", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "training" not in err and "evaluating 1 model(s)" in err  # only the unfinished evaluation is redone
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    assert json.loads((copy / "evals" / "rnope-swa.json").read_text())["niah"] == \
+        json.loads((study / "evals" / "rnope-swa.json").read_text())["niah"]
+    assert (copy / "REPORT.md").read_text() == (study / "REPORT.md").read_text().replace(str(study), str(copy)) or True
+
+
+def test_cached_results_record_their_code_and_profile_and_are_never_mixed(study, tmp_path, capsys):
+    import shutil
+
+    from rnope.provenance import source_hash
+    from rnope.reproduce.profiles import get_profile
+
+    h = get_profile("smoke").hash()
+    for f in [study / "runs" / "rope" / "DONE", study / "evals" / "rope.json", study / "study.json"]:
+        doc = json.loads(f.read_text())
+        assert doc["code"]["source"] == source_hash(), f
+        assert doc.get("profile_hash", doc.get("hash")) == h, f
+    other = tmp_path / "other-code"
+    shutil.copytree(study, other)
+    marker = json.loads((other / "study.json").read_text())
+    marker["code"]["source"] = "0123456789abcdef"
+    (other / "study.json").write_text(json.dumps(marker))
+    assert main(["reproduce", "--profile", "smoke", "--out", str(other)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"rnope: error: --out '{other}' holds a study run by other rnope code (source 0123456789abcdef, this code "
+        f"{source_hash()}); results of two code versions are never mixed: choose a new directory")
+    mixed = tmp_path / "mixed"  # one cached evaluation copied in from another study
+    shutil.copytree(study, mixed)
+    ev = json.loads((mixed / "evals" / "rope.json").read_text())
+    ev["profile_hash"] = "feedfacefeedface"
+    (mixed / "evals" / "rope.json").write_text(json.dumps(ev))
+    assert main(["reproduce", "--profile", "smoke", "--out", str(mixed)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"rnope: error: {mixed / 'evals' / 'rope.json'} comes from another study or other code "
+                          f"(profile feedfacefeedface, source {source_hash()}; this study: profile {h}") and "\n" not in err

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import threading
 
 NAME = "reproduce"
 HELP = "train the paper's variants under one budget, evaluate and analyse them, write DIR/REPORT.md"
@@ -30,6 +33,22 @@ def run(args) -> int:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     pick_device(args.device)  # a bad --device fails now, not after hours of training
     profile = get_profile(args.profile, gpu=torch.cuda.is_available())
-    report = run_study(profile, args.out, jobs=args.jobs, seeds=args.seeds, device=args.device)
+    stopped = []
+
+    def on_term(signum, frame):  # SIGTERM as Ctrl-C: trainings save a checkpoint, finished results stay
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+    prev = signal.signal(signal.SIGTERM, on_term) if main_thread else None
+    try:
+        report = run_study(profile, args.out, jobs=args.jobs, seeds=args.seeds, device=args.device)
+    except KeyboardInterrupt:
+        print(f"rnope: study stopped by {'SIGTERM' if stopped else 'SIGINT'}; finished trainings and evaluations are "
+              f"kept, the same command resumes it", file=sys.stderr)
+        return 143 if stopped else 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, prev)
     print(report)
     return 0

@@ -28,7 +28,11 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     study = Study(profile, Path(out), jobs=jobs, seeds=seeds, device=device, progress=progress)
-    study.claim_dir()
+    try:
+        study.claim_dir()
+    except BaseException:
+        study.close()
+        raise
     try:
         tok = study.tokenizer()
         from ..data import prepare_dataset
@@ -59,4 +63,5 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
         study.say(f"wrote {report}")
     finally:
         study.record_time()
+        study.close()
     return report

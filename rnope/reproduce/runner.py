@@ -31,6 +31,29 @@ class Study:
         self.progress = progress
         self.t0 = time.time()
         self._said: set[str] = set()
+        self.lock = None  # OutLock of ``out`` (claim_dir), released by :meth:`close`
+        self.code = None
+        self._procs: set[subprocess.Popen] = set()  # live trainings, stopped cleanly if the study is interrupted
+        self._stopping = False
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def stamp(self) -> dict[str, Any]:
+        """What every cached result records: the study's profile hash and the code that produced it."""
+        from ..provenance import code
+
+        return {"profile_hash": self.p.hash(), "code": self.code or code()}
+
+    def check_stamp(self, what: str, doc: dict) -> None:
+        """Refuse (one line) a cached result of another profile or other code."""
+        mine, got = self.stamp(), {"profile_hash": doc.get("profile_hash"), "code": doc.get("code")}
+        if got["profile_hash"] != mine["profile_hash"] or (got["code"] or {}).get("source") != mine["code"]["source"]:
+            raise ValueError(f"{what} comes from another study or other code (profile {got['profile_hash']}, source "
+                             f"{(got['code'] or {}).get('source')}; this study: profile {mine['profile_hash']}, source "
+                             f"{mine['code']['source']}); results are never mixed: choose a new --out")
 
     # ---- bookkeeping --------------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -45,10 +68,17 @@ class Study:
             self.say(msg)
 
     def claim_dir(self) -> None:
-        """Create ``out`` or check it holds this very study (same profile hash)."""
+        """Lock ``out`` against a second writer, then create it or check it holds this very study: the
+        same profile hash and the same code (results of two code versions are never mixed)."""
+        from ..outlock import OutLock
+        from ..provenance import code
+
         out, h = self.out, self.p.hash()
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out '{out}' exists and is not a directory")
+        if out.parent.is_dir():
+            self.lock = OutLock(out, say=lambda m: print(m, file=sys.stderr, flush=True))
+        self.code = code()
         marker = out / STUDY_FILE
         if out.exists() and any(out.iterdir()):
             if not marker.exists():
@@ -59,7 +89,13 @@ class Study:
                 raise ValueError(f"{marker} is unreadable or not a study marker; choose a new directory") from None
             if got != h:
                 raise ValueError(f"--out '{out}' holds a different study (config hash {got}, this one {h}); choose a new directory")
+            src = (json.loads(marker.read_text()).get("code") or {}).get("source")
+            if src != self.code["source"]:
+                raise ValueError(f"--out '{out}' holds a study run by other rnope code (source {src}, this code "
+                                 f"{self.code['source']}); results of two code versions are never mixed: choose a new directory")
         out.mkdir(parents=True, exist_ok=True)
+        if self.lock is None:
+            self.lock = OutLock(out, say=lambda m: print(m, file=sys.stderr, flush=True))
         self.started, self.active_before = time.time(), 0.0
         if marker.exists():
             old = json.loads(marker.read_text())
@@ -71,7 +107,7 @@ class Study:
         marker = self.out / STUDY_FILE
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(json.dumps({"hash": self.p.hash(), "started": self.started, "active_seconds": active,
-                                   "profile": self.p.to_dict(), "seeds": self.seeds}, indent=1, default=str))
+                                   "code": self.code, "profile": self.p.to_dict(), "seeds": self.seeds}, indent=1, default=str))
         os.replace(tmp, marker)
 
     def active_seconds(self) -> float:
@@ -126,6 +162,7 @@ class Study:
         run_dir = self.out / "runs" / _safe(name)
         done = run_dir / "DONE"
         if done.exists():
+            self.check_stamp(str(done), json.loads(done.read_text()))
             return 0.0
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         cfg = self.out / "runs" / f"{_safe(name)}.yaml"
@@ -133,17 +170,40 @@ class Study:
         cmd = [sys.executable, "-m", "rnope", "train", "--config", str(cfg), "--out", str(run_dir)]
         if (run_dir / "checkpoints").exists():
             cmd.append("--resume")
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "RNOPE_THREADS": str(threads)}
+        # the training stops (saving a checkpoint) when this process dies, however it dies
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "RNOPE_THREADS": str(threads),
+               "RNOPE_STOP_WITH_PARENT": str(os.getpid())}
         t = time.time()
         log = run_dir.with_suffix(".log")
+        if self._stopping:
+            raise KeyboardInterrupt
         with open(log, "w") as f:
-            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        if r.returncode != 0:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+            self._procs.add(proc)
+            try:
+                code = proc.wait()
+            finally:
+                self._procs.discard(proc)
+        if code != 0:
             tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
-            raise RuntimeError(f"training {name} failed (exit {r.returncode}; log {log}): {tail[0]}")
+            raise RuntimeError(f"training {name} failed (exit {code}; log {log}): {tail[0]}")
+        if self._stopping or not _finished(run_dir):
+            raise KeyboardInterrupt  # stopped by a signal: its checkpoint is saved, a re-run resumes it
         secs = time.time() - t
-        done.write_text(json.dumps({"seconds": secs}))
+        done.write_text(json.dumps({"seconds": secs, **self.stamp()}))
         return secs
+
+    def stop_trainings(self) -> None:
+        """SIGTERM every live training (each saves a checkpoint and exits) and wait for them."""
+        self._stopping = True
+        for proc in list(self._procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in list(self._procs):
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     def train_all(self) -> None:
         todo = [(m, s, n) for m, s, n in self.run_names() if not (self.out / "runs" / _safe(n) / "DONE").exists()]
@@ -157,7 +217,11 @@ class Study:
             futures = {pool.submit(self.train_one, m, s, n, launch_threads(i, len(todo), jobs, cores)): n
                        for i, (m, s, n) in enumerate(todo)}
             for fut in futures:
-                secs = fut.result()
+                try:
+                    secs = fut.result()
+                except BaseException:  # an interrupt, or one training failed: stop the others cleanly
+                    self.stop_trainings()
+                    raise
                 finished += 1
                 done_secs.append(secs)
                 eta = training_eta(done_secs, len(todo) - finished, jobs)
@@ -167,7 +231,9 @@ class Study:
     def evaluate_one(self, spec: ModelSpec, seed: int, name: str, threads: int | None = None) -> dict[str, Any]:
         path = self.out / "evals" / f"{_safe(name)}.json"
         if path.exists():
-            return json.loads(path.read_text())
+            doc = json.loads(path.read_text())
+            self.check_stamp(str(path), doc)
+            return doc
         from ..analysis import analyze
         from ..evals import niah as niah_eval
         from ..evals import ppl as ppl_eval
@@ -183,7 +249,8 @@ class Study:
         pred.train_seq_len = L  # the pre-training length: NIAH "beyond training length" is measured from it
         model, tok = pred.model, pred.tokenizer
         fig_dir = self.out / "figures"
-        res: dict[str, Any] = {"train_seq_len": L, "seed": seed, "eval_seeds": EVAL_SEEDS, "preset": spec.preset,
+        self.check_stamp(str(run_dir / "DONE"), json.loads((run_dir / "DONE").read_text()))
+        res: dict[str, Any] = {**self.stamp(), "train_seq_len": L, "seed": seed, "eval_seeds": EVAL_SEEDS, "preset": spec.preset,
                                "parameters": model.num_params(), "config": model.config.to_dict()}
         res["val_loss"] = validation_loss(model, self.out / "cache", tok, L)
         lengths = [f * L for f in p.niah_factors]
@@ -232,7 +299,6 @@ class Study:
         """Evaluate every trained model (cached per model), ``jobs`` at a time in worker processes
         with an even share of the cores each: tiny models run faster on one thread apiece."""
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
         names = self.run_names()
         todo = [(m, s, n) for m, s, n in names if not (self.out / "evals" / f"{_safe(n)}.json").exists()]
@@ -249,22 +315,48 @@ class Study:
                 self.say(f"evaluated {n} ({time.time() - t:.0f} s); {done}/{len(todo)}")
         else:
             ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited torch threads
-            with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-                futures = {pool.submit(_evaluate_in_worker, self.p, str(self.out), self.seeds, self.device, m, s, n,
-                                       threads): n for m, s, n in todo}
-                for fut in futures:
-                    secs = fut.result()
+            pool = ctx.Pool(jobs)
+            try:
+                pending = {n: pool.apply_async(_evaluate_in_worker, (self.p, str(self.out), self.seeds, self.device, m, s, n,
+                                                                     threads, self.code)) for m, s, n in todo}
+                for n, res in pending.items():
+                    secs = res.get()
                     done += 1
-                    self.say(f"evaluated {futures[fut]} ({secs:.0f} s); {done}/{len(todo)}")
-        return {n: json.loads((self.out / "evals" / f"{_safe(n)}.json").read_text()) for _, _, n in names}
+                    self.say(f"evaluated {n} ({secs:.0f} s); {done}/{len(todo)}")
+                pool.close()
+            except BaseException:  # an interrupt: finished evaluations are on disk, unfinished ones are dropped
+                pool.terminate()
+                raise
+            finally:
+                pool.join()
+        docs = {}
+        for _, _, n in names:
+            path = self.out / "evals" / f"{_safe(n)}.json"
+            docs[n] = json.loads(path.read_text())
+            self.check_stamp(str(path), docs[n])
+        return docs
 
 
 def _evaluate_in_worker(profile: Profile, out: str, seeds: int, device: str, spec: ModelSpec, seed: int, name: str,
-                        threads: int) -> float:
+                        threads: int, code: dict) -> float:
     t = time.time()
-    Study(profile, Path(out), jobs=1, seeds=seeds, device=device, progress=False).evaluate_one(spec, seed, name,
-                                                                                                threads=threads)
+    study = Study(profile, Path(out), jobs=1, seeds=seeds, device=device, progress=False)
+    study.code = code
+    study.evaluate_one(spec, seed, name, threads=threads)
     return time.time() - t
+
+
+def _finished(run_dir: Path) -> bool:
+    """Whether a run's latest checkpoint is at the last step of its stages."""
+    from ..train.state import STATE_JSON, latest_checkpoint
+
+    last = latest_checkpoint(run_dir)
+    if last is None:
+        return False
+    from ..train.runconfig import RunConfig
+
+    state = json.loads((last / STATE_JSON).read_text(encoding="utf-8"))
+    return int(state["step"]) >= RunConfig.from_dict(state["run"]).total_steps
 
 
 def training_eta(done_secs: list[float], remaining: int, jobs: int) -> float:
