@@ -1,24 +1,25 @@
-"""Soak test: train a tiny model for many steps in a subprocess, SIGKILL it once midway, resume, and
-check that memory stays flat and ``metrics.jsonl`` holds every step exactly once.
+"""Soak under faults: train a tiny model for many steps in subprocesses while things go wrong, and
+check that nothing is lost, nothing is counted twice, memory stays flat and the result is exact.
 
-    python benchmarks/soak.py                     # 10000 steps (a few minutes on one CPU core)
-    python benchmarks/soak.py --steps 2000 --out /tmp/soak --keep
+    python benchmarks/soak.py                     # 2000 steps (a few minutes on one CPU core)
+    python benchmarks/soak.py --steps 10000 --save-every 250 --out /tmp/soak --keep
 
-What it does:
+What it does (``rnope train``, OMP_NUM_THREADS=1, the built-in corpus, a checkpoint every
+``--save-every`` steps; RSS via psutil or /proc/PID/status and the last logged step are sampled every
+``--poll`` seconds):
 
-1. ``rnope train`` (``python -m rnope``, OMP_NUM_THREADS=1) on the built-in corpus, checkpointing every
-   ``--save-every`` steps; polls the process's RSS (psutil if installed, else /proc/PID/status) and
-   the last step in ``metrics.jsonl`` every ``--poll`` seconds;
-2. SIGKILLs it once ``--kill-at`` steps are logged (default: half-way; the kill may land anywhere,
-   mid-checkpoint included);
-3. resumes with ``--resume`` and runs to the end;
-4. checks ``metrics.jsonl``: steps 1..N each have exactly one row with a loss, no step number
-   appears twice, and the final checkpoint ``step_N`` is complete;
-5. prints RSS at the start (first sample after ``--warmup`` steps of each process, past the
-   allocator's warm-up) and at the end of each process, and the verdict: flat if the growth within
-   each process is at most ``--tolerance`` (5%).
+1. trains and SIGKILLs the process a quarter of the way in (between two checkpoints);
+2. flips one byte in the weights of the newest checkpoint, then resumes: the resume must name that
+   checkpoint, fall back to the one before and go on. Half-way, the checkpoint write hits a full disk
+   (ENOSPC, injected in the child): the run must stop with one line naming the checkpoint and the
+   cause, and leave no partial checkpoint;
+3. resumes again and SIGKILLs it three quarters of the way in;
+4. resumes to the end;
+5. trains the same run uninterrupted (the reference; ``--no-reference`` skips it).
 
-Exit code 0 when every check passes, 1 otherwise.
+Checks: every step 1..N has exactly one row in ``metrics.jsonl``; the final weights equal the
+reference's bit for bit; RSS grows at most ``--tolerance`` (5%) within each process, measured from
+``--warmup`` steps after its start. Exit code 0 when every check passes, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -128,23 +129,61 @@ def check_metrics(metrics: Path, steps: int) -> list[str]:
     return problems
 
 
+# The training process, with one fault injected on request: SOAK_FAIL_SAVE_AT=N makes the write of checkpoint
+# step_N raise ENOSPC (a full disk) once, as the operating system would.
+CHILD = """
+import errno, os, sys
+import safetensors.torch as st
+fail = os.environ.get("SOAK_FAIL_SAVE_AT")
+if fail:
+    real = st.save_file
+    def save_file(tensors, filename, *a, **k):
+        if f".tmp-step_{fail}" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+        return real(tensors, filename, *a, **k)
+    st.save_file = save_file
+from rnope.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def corrupt_newest(out: Path) -> str:
+    """Flip one byte of the newest checkpoint's weights (inside tensor data: safetensors alone would load it)."""
+    ckpts = sorted((int(p.name[5:]), p) for p in (out / "checkpoints").glob("step_*") if p.name[5:].isdigit())
+    step, d = ckpts[-1]
+    w = d / "model.safetensors"
+    raw = bytearray(w.read_bytes())
+    raw[len(raw) - 7] ^= 0x10
+    w.write_bytes(bytes(raw))
+    return d.name
+
+
+def final_weights_equal(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    import torch
+
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=10000, help="optimizer steps in all (default 10000)")
-    ap.add_argument("--kill-at", type=int, default=None, help="SIGKILL once this many steps are logged (default: half)")
-    ap.add_argument("--save-every", type=int, default=250, help="checkpoint cadence (default 250)")
-    ap.add_argument("--warmup", type=int, default=200, help="steps of each process before the start RSS sample (default 200)")
+    ap.add_argument("--steps", type=int, default=2000, help="optimizer steps in all (default 2000)")
+    ap.add_argument("--save-every", type=int, default=100, help="checkpoint cadence (default 100)")
+    ap.add_argument("--warmup", type=int, default=100, help="steps of each process before its start RSS sample (default 100)")
     ap.add_argument("--tolerance", type=float, default=0.05, help="allowed RSS growth within a process (default 0.05)")
     ap.add_argument("--poll", type=float, default=0.5, help="seconds between samples (default 0.5)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the uninterrupted reference run (no weight comparison)")
     ap.add_argument("--out", default=None, help="run directory (default: a temporary one, removed unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
     ap.add_argument("--json", default=None, help="also write the result (and every RSS sample) to this JSON file")
     args = ap.parse_args(argv)
-    if args.steps < 4:
-        ap.error("--steps must be >= 4")
-    kill_at = args.kill_at if args.kill_at is not None else args.steps // 2
-    if not 1 <= kill_at < args.steps:
-        ap.error(f"--kill-at must be in [1, {args.steps})")
+    if args.steps < 8 * args.save_every:
+        ap.error(f"--steps must be >= 8 x --save-every ({8 * args.save_every}): the faults need checkpoints between them")
+    N, every = args.steps, args.save_every
+    kill1, kill2 = N // 4 + every // 2, 3 * N // 4 + every // 2  # between two checkpoints
+    fail_at = (N // 2 // every) * every  # the save that hits a full disk
 
     tmp = None
     if args.out is None:
@@ -154,58 +193,87 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         if out.exists():
             ap.error(f"--out '{out}' exists; give a new directory")
+    ref = out.parent / (out.name + "-reference")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "RNOPE_CACHE": str(out.parent / (out.name + "-cache"))}
-    cmd = [sys.executable, "-m", "rnope", "train", *MODEL, "--max-steps", str(args.steps), "--save-every", str(args.save_every),
-           "--eval-every", "0", "--eval-batches", "1", "--out", str(out)]
+    env.pop("SOAK_FAIL_SAVE_AT", None)
+    train = ["train", *MODEL, "--max-steps", str(N), "--save-every", str(every), "--eval-every", "0", "--eval-batches", "1"]
+    cmd = [sys.executable, "-c", CHILD, *train, "--out", str(out)]
     metrics = out / "metrics.jsonl"
     log_path = out.parent / (out.name + "-stderr.log")
     out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"soak: {args.steps} steps, SIGKILL at step {kill_at}, run {out}", flush=True)
+    print(f"soak: {N} steps; SIGKILL at step {kill1}, corrupt the newest checkpoint, a full disk at the step-{fail_at} "
+          f"save, SIGKILL at step {kill2}, then to the end; run {out}", flush=True)
+    phases, problems = [], []
     with open(log_path, "wb") as log:
-        a = run_phase(cmd, env, metrics, kill_at=kill_at, warmup=args.warmup, poll=args.poll, log=log)
-        ckpts = sorted(int(p.name[5:]) for p in (out / "checkpoints").glob("step_*") if p.name[5:].isdigit())
-        print(f"phase 1: killed at step {a['killed_at']} after {a['wall_s']:.0f} s (exit {a['code']}); "
-              f"checkpoints on disk: {ckpts}", flush=True)
-        b = run_phase(cmd + ["--resume"], env, metrics, kill_at=None, warmup=args.warmup, poll=args.poll, log=log)
-        print(f"phase 2: resumed, exit {b['code']} after {b['wall_s']:.0f} s", flush=True)
+        def phase(name, kill_at=None, extra=(), fail=None):
+            e = {**env, **({"SOAK_FAIL_SAVE_AT": str(fail)} if fail else {})}
+            log.write(f"---- {name}\n".encode())
+            log.flush()
+            r = run_phase(cmd + list(extra), e, metrics, kill_at=kill_at, warmup=args.warmup, poll=args.poll, log=log)
+            r["name"] = name
+            phases.append(r)
+            ckpts = sorted(int(p.name[5:]) for p in (out / "checkpoints").glob("step_*") if p.name[5:].isdigit())
+            print(f"{name}: exit {r['code']} at step {r['step_end']} after {r['wall_s']:.0f} s; checkpoints {ckpts}", flush=True)
+            return r
 
-    problems = []
+        a = phase("1 train, SIGKILL", kill_at=kill1)
+        bad = corrupt_newest(out)
+        print(f"corrupted {bad}/model.safetensors (one flipped byte)", flush=True)
+        b = phase("2 resume past the corrupt checkpoint; the save hits a full disk", extra=["--resume"], fail=fail_at)
+        c = phase("3 resume, SIGKILL", kill_at=kill2, extra=["--resume"])
+        d = phase("4 resume to the end", extra=["--resume"])
+        if not args.no_reference:
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-m", "rnope", *train, "--out", str(ref)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=log, cwd=REPO)
+            print(f"reference: uninterrupted run, exit {r.returncode} after {time.perf_counter() - t0:.0f} s", flush=True)
+    err = log_path.read_text(errors="replace")
+
     if a["killed_at"] is None:
-        problems.append(f"phase 1 ended (exit {a['code']}) before step {kill_at}: see {log_path}")
-    if b["code"] != 0:
-        problems.append(f"the resumed run exited {b['code']}: see {log_path}")
-    final = out / "checkpoints" / f"step_{args.steps}"
-    if not (final / "model.safetensors").is_file() or not (final / "trainer_state.json").is_file():
-        problems.append(f"final checkpoint {final} is incomplete")
-    metric_problems = check_metrics(metrics, args.steps) if metrics.exists() else ["no metrics.jsonl"]
+        problems.append(f"phase 1 ended (exit {a['code']}) before step {kill1}")
+    if f"rnope: {bad} does not verify (" not in err:
+        problems.append(f"the resume did not report the corrupt {bad}")
+    if b["code"] != 2 or f"cannot write checkpoint '{out / 'checkpoints' / f'step_{fail_at}'}': No space left on device" not in err:
+        problems.append(f"phase 2 did not stop with one line at the failed step-{fail_at} save (exit {b['code']})")
+    if (out / "checkpoints" / f".tmp-step_{fail_at}").exists():
+        problems.append("a partial checkpoint directory was left behind")
+    if c["killed_at"] is None:
+        problems.append(f"phase 3 ended (exit {c['code']}) before step {kill2}")
+    if d["code"] != 0:
+        problems.append(f"the last phase exited {d['code']}")
+    final = out / "checkpoints" / f"step_{N}"
+    if not (final / "model.safetensors").is_file():
+        problems.append(f"final checkpoint {final} is missing")
+    metric_problems = check_metrics(metrics, N) if metrics.exists() else ["no metrics.jsonl"]
     problems += metric_problems
-    try:
-        resumed = json.loads((out / "run.json").read_text()).get("resumed_from_step")
-    except (OSError, ValueError):
-        resumed = None
+    same = None
+    if not args.no_reference and final.is_dir():
+        same = final_weights_equal(final, ref / "checkpoints" / f"step_{N}")
+        if not same:
+            problems.append("the final weights differ from the uninterrupted run's")
 
     mib = 2**20
     flat = True
-    for name, ph in (("phase 1 (to the kill)", a), ("phase 2 (resumed)", b)):
-        if ph["rss_start"] is None:
-            problems.append(f"{name}: no RSS samples")
-            flat = False
+    for ph in phases:
+        if ph["rss_start"] is None or ph["step_end"] is None or ph["step_end"] - (ph["step_start"] or 0) < args.warmup:
+            print(f"phase {ph['name']}: too short for an RSS reading")
             continue
         growth = ph["rss_end"] / ph["rss_start"] - 1
         ok = growth <= args.tolerance
         flat &= ok
-        print(f"{name}: RSS {ph['rss_start'] / mib:.1f} MiB at step {ph['step_start']} -> {ph['rss_end'] / mib:.1f} MiB "
+        print(f"phase {ph['name']}: RSS {ph['rss_start'] / mib:.1f} MiB at step {ph['step_start']} -> {ph['rss_end'] / mib:.1f} MiB "
               f"at step {ph['step_end']} ({growth:+.1%}; {'flat' if ok else 'GROWS'})")
     if not flat:
         problems.append(f"RSS grew more than {args.tolerance:.0%} within a process")
-    print(f"kill/resume: killed at step {a['killed_at']}, resumed from checkpoint step {resumed}, "
-          f"metrics.jsonl: {'every step exactly once' if not metric_problems else 'BROKEN'}")
+    print(f"metrics.jsonl: {'every step exactly once' if not metric_problems else 'BROKEN'}; final weights "
+          f"{'equal to' if same else 'NOT equal to' if same is False else 'not compared with'} the uninterrupted run's")
     verdict = "PASS" if not problems else "FAIL"
     print(f"verdict: {verdict}" + "".join(f"\n  - {p}" for p in problems))
     if args.json:
-        Path(args.json).write_text(json.dumps({"steps": args.steps, "kill_at": kill_at, "phases": [a, b],
-                                               "resumed_from_step": resumed, "problems": problems, "verdict": verdict}, indent=1))
+        Path(args.json).write_text(json.dumps({"steps": N, "kills": [kill1, kill2], "corrupted": bad, "failed_save": fail_at,
+                                               "phases": phases, "weights_equal": same, "problems": problems,
+                                               "verdict": verdict}, indent=1))
     if tmp is not None and not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if not problems else 1
