@@ -8,6 +8,8 @@ import pytest
 
 from rnope.cli import main
 
+from .figcheck import SCIENTIFIC, captured_figures, tick_labels, unreadable
+
 pytestmark = pytest.mark.slow
 
 
@@ -333,3 +335,27 @@ def test_cached_results_record_their_code_and_profile_and_are_never_mixed(study,
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"rnope: error: {mixed / 'evals' / 'rope.json'} comes from another study or other code "
                           f"(profile feedfacefeedface, source {source_hash()}; this study: profile {h}") and "\n" not in err
+
+
+def test_study_figures_are_readable_at_their_written_size(tmp_path, monkeypatch):
+    """ppl.png over a tiny perplexity range used to get a log axis labelled '6.735x10^0' (cut off) and a
+    legend over the curves; segments.png a legend over the bars. Made-up results, no study is run."""
+    from types import SimpleNamespace
+
+    from rnope.reproduce.report import SEG, figures
+
+    models = {}
+    for k, n in enumerate(("rope", "nope", "qknorm", "rnope", "rnope-swa")):
+        models[n] = {"ppl": {str(L): 6.735 + 0.001 * k + 0.0005 * i for i, L in enumerate((256, 512, 1024, 2048))},
+                     "segments": {str(L): {"all": dict(zip(SEG, (0.3, 0.05, 0.45, 0.2)))} for L in (256, 1024)}}
+    with captured_figures(monkeypatch) as figs:
+        assert figures({"models": models}, SimpleNamespace(seq_len=512), tmp_path) == ["ppl.png", "segments.png"]
+    ppl, seg = figs
+    ax = ppl.axes[0]
+    assert "perplexity" in ax.get_ylabel() and "tokens" in ax.get_xlabel()
+    assert tick_labels(ax, "x") == ["256", "512", "1k", "2k"]
+    ys = tick_labels(ax, "y")
+    assert len(ys) >= 2 and not [t for t in ys if SCIENTIFIC.search(t)], ys
+    assert seg.axes[0].get_ylim() == (0.0, 1.0) and seg.axes[0].get_ylabel()
+    for fig in figs:
+        assert unreadable(fig) == []

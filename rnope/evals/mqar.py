@@ -128,6 +128,6 @@ def outputs(doc: dict) -> dict[str, str | bytes]:
     return {
         "mqar.json": to_json(doc),
         "mqar.md": markdown(doc),
-        "mqar.png": lines_png(series, xlabel="sequence length (tokens)", ylabel="accuracy at value positions",
-                              title="MQAR", logx=True),
+        "mqar.png": lines_png(series, xlabel="sequence length (tokens)", ylabel="accuracy at value positions (0-1)",
+                              title="MQAR", logx=True, ylim=(0.0, 1.0)),
     }

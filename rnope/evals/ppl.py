@@ -196,7 +196,7 @@ def outputs(doc: dict) -> dict[str, str | bytes]:
     return {
         "ppl.json": to_json(doc),
         "ppl.md": markdown(doc),
-        "ppl.png": lines_png(ppl_series, xlabel="evaluation length (tokens)", ylabel="perplexity (same scored tokens)",
+        "ppl.png": lines_png(ppl_series, xlabel="evaluation length (tokens)", ylabel="perplexity (exp of mean NLL, same scored tokens)",
                              title="Perplexity vs evaluation length", logx=True, logy=True),
         "ppl_position.png": lines_png(pos_series, xlabel="token position", ylabel="mean NLL (nats)",
                                       title="NLL by token position (held-out streams)"),

@@ -180,6 +180,6 @@ def outputs(doc: dict) -> dict[str, str | bytes]:
         "ruler.json": to_json(doc),
         "ruler.md": markdown(doc),
         "ruler.png": lines_png(series, xlabel="context length (tokens)",
-                               ylabel=f"synthetic mean over {len(doc['settings']['tasks'])} tasks (x100)",
-                               title="RULER synthetic tasks", logx=True),
+                               ylabel=f"score (%), mean over {len(doc['settings']['tasks'])} tasks",
+                               title="RULER synthetic tasks", logx=True, ylim=(0.0, 100.0)),
     }

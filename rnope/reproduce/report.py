@@ -393,38 +393,59 @@ def verdicts(ms: dict, profile) -> list[str]:
     return out
 
 
+def ppl_figure(results: dict, profile):
+    """Perplexity vs context length, one line per model (seed means), the training length marked."""
+    from ..evals.report import figure, length_x_axis, plain_y_axis
+
+    fig = figure(7.4, 4.4, dpi=110)
+    ax = fig.add_subplot()
+    xs_all: list[int] = []
+    ys_all: list[float] = []
+    for k, (n, m) in enumerate(results["models"].items()):
+        pts = [(int(x), m["ppl"][x]) for x in m["ppl"]]
+        pts = sorted((x, y) for x, y in pts if y is not None and math.isfinite(y))
+        xs_all += [x for x, _ in pts]
+        ys_all += [y for _, y in pts]
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", markersize=5, lw=1.8, color=f"C{k % 10}", label=n)
+    ax.axvline(profile.seq_len, color="0.35", ls="--", lw=1.2, label=f"training length ({profile.seq_len})")
+    length_x_axis(ax, xs_all)
+    plain_y_axis(ax, ys_all, log=True)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("perplexity of the final tokens (exp of mean NLL)")
+    ax.set_title("Perplexity vs context length (mean over seeds)", fontsize=11)
+    ax.grid(True, alpha=0.3)
+    fig.legend(loc="outside right upper", fontsize=9, frameon=False)
+    return fig
+
+
+def segments_figure(results: dict):
+    """Stacked segment-mass bars (all layers) for every model and analysis length."""
+    from ..analysis.plots import COLORS
+    from ..evals.report import figure
+
+    rows = [(f"{n} {L}", seg["all"]) for n, m in results["models"].items() for L, seg in m["segments"].items() if "all" in seg]
+    fig = figure(max(6.0, 0.45 * len(rows) + 2.4), 4.6, dpi=110)
+    ax = fig.add_subplot()
+    bottom = [0.0] * len(rows)
+    for k in SEG:
+        vals = [r[1][k] or 0.0 for r in rows]
+        ax.bar(range(len(rows)), vals, bottom=bottom, color=COLORS[k], label=k, width=0.75)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_xticks(range(len(rows)), [r[0] for r in rows], rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set(ylabel="attention mass of End queries (fraction)", ylim=(0, 1), xlim=(-0.6, len(rows) - 0.4))
+    ax.set_title("Attention mass by segment (all layers, mean over seeds)", fontsize=11)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles[::-1], labels[::-1], loc="outside right upper", fontsize=9, frameon=False)  # top segment first
+    return fig
+
+
 def figures(results: dict, profile, out_dir) -> list[str]:
     """ppl.png (one line per model, training length marked) and segments.png (stacked bars)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from pathlib import Path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ms = results["models"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for n, m in ms.items():
-        xs = sorted(int(k) for k in m["ppl"])
-        ax.plot(xs, [m["ppl"][str(x)] for x in xs], marker="o", label=n)
-    ax.axvline(profile.seq_len, color="grey", ls="--", lw=1, label="training length")
-    ax.set(xscale="log", yscale="log", xlabel="context length (tokens)", ylabel="perplexity of the final tokens")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "ppl.png", dpi=110)
-    plt.close(fig)
-    rows = [(f"{n}@{L}", seg["all"]) for n, m in ms.items() for L, seg in m["segments"].items() if "all" in seg]
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4))
-    bottom = [0.0] * len(rows)
-    for k, c in zip(SEG, ("#4c72b0", "#c44e52", "#bbbbbb", "#55a868")):
-        vals = [r[1][k] for r in rows]
-        ax.bar(range(len(rows)), vals, bottom=bottom, color=c, label=k)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    ax.set_xticks(range(len(rows)), [r[0] for r in rows], rotation=60, ha="right", fontsize=7)
-    ax.set(ylabel="attention mass of End queries", ylim=(0, 1))
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(out_dir / "segments.png", dpi=110)
-    plt.close(fig)
+    ppl_figure(results, profile).savefig(out_dir / "ppl.png", dpi=110)
+    segments_figure(results).savefig(out_dir / "segments.png", dpi=110)
     return ["ppl.png", "segments.png"]
