@@ -92,3 +92,17 @@ ESSAYS = {"eval": EVAL_ESSAY, "train": TRAIN_ESSAY}
 
 def make(task: str, seed: int, length: int, depth: float | None, split: str = "eval", encode=wp_encode):
     return get_task(task)(seed, length, depth, encode=encode, split=split, essay=ESSAYS[split])
+
+
+def sharp_random_model(preset: str, shape: dict, seed: int = 0, **overrides) -> Transformer:
+    """Random weights large enough (std 0.3, embeddings 1.0, norms 1±0.2) that attention is sharp:
+    parity tests then compare logits that differ between positions and layers."""
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig.from_preset(preset, **{**shape, **overrides}))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.2)
+            else:
+                p.normal_(0, 1.0 if "embed" in name else 0.3)
+    return model.eval()

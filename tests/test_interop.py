@@ -12,11 +12,13 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import rnope  # noqa: E402
-from rnope import ModelConfig, Transformer, generate  # noqa: E402
+from rnope import Transformer, generate  # noqa: E402
 from rnope.checkpoint import CheckpointError  # noqa: E402
 from rnope.cli import main  # noqa: E402
 from rnope.interop import export, import_hf, load_hf  # noqa: E402
 from rnope.tokenizer import Tokenizer  # noqa: E402
+
+from .conftest import sharp_random_model  # noqa: E402
 
 W = 8
 SHAPE = dict(vocab_size=259, n_layer=4, d_model=64, n_head=4, n_kv_head=2, d_ff=128, max_seq_len=256, window=W, logit_scale=0.5)
@@ -26,16 +28,7 @@ MAX_DELTA: dict[str, float] = {}  # preset -> measured max |Δ| (printed with -s
 
 
 def random_model(preset: str, seed: int = 0, **overrides) -> Transformer:
-    """Random weights large enough (std 0.3, embeddings 1.0, norms 1±0.2) that attention is sharp."""
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig.from_preset(preset, **{**SHAPE, **overrides}))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.normal_(1.0, 0.2)
-            else:
-                p.normal_(0, 1.0 if "embed" in name else 0.3)
-    return model.eval()
+    return sharp_random_model(preset, SHAPE, seed, **overrides)
 
 
 def hf_model(d, impl="eager"):
@@ -506,3 +499,17 @@ def test_import_keeps_bf16_and_load_hf_casts(tmp_path):
     assert torch.equal(fp32.embed_tokens.weight, model.embed_tokens.weight.float())
     bf16, _ = load_hf(d, dtype=torch.bfloat16, log=None)
     assert bf16.embed_tokens.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("preset", ["rnope-swa", "rope"])
+def test_info_reads_a_hugging_face_directory_like_the_checkpoint_it_came_from(exported, tmp_path, capsys, preset):
+    from rnope.cli import main
+
+    model, d = exported[preset]
+    ck = rnope.save(tmp_path / "ck", model)
+    assert main(["info", "--ckpt", str(ck), "--length", "1024"]) == 0
+    ours = capsys.readouterr().out.splitlines()
+    assert main(["info", "--ckpt", str(d), "--length", "1024"]) == 0
+    theirs = capsys.readouterr().out.splitlines()
+    tail = [ln for ln in ours if ln.startswith(("layers:", "parameters:", "kv cache"))]
+    assert len(tail) == 3 and tail == [ln for ln in theirs if ln.startswith(("layers:", "parameters:", "kv cache"))]
