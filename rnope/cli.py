@@ -30,6 +30,7 @@ COMMAND_MODULES = [
     "rnope.commands.tokenizer_cmd",
     "rnope.commands.analyze",
     "rnope.commands.eval",
+    "rnope.commands.lm_eval_cmd",
     "rnope.commands.reproduce",
     "rnope.commands.bench",
 ]

@@ -1,38 +1,33 @@
 """lm-evaluation-harness adapter: rnope checkpoints as the ``rnope`` model of ``lm_eval``.
 
-``lm_eval`` is optional (``pip install lm_eval``); importing this module without it works, but
-:class:`RnopeLM` is then ``None``.
+``lm_eval`` is optional (``pip install 'rnope[eval]'``); importing this module without it works,
+but :class:`RnopeLM` is then ``None``.
 
-Registration -- which one applies depends on the installed lm_eval:
+The command (README, ``rnope lm-eval --help``)::
 
-* lm_eval releases with entry-point plugins (``docs/plugins.md``, EleutherAI PR #4013) discover
-  the model from rnope's package metadata::
+    rnope lm-eval --model_args pretrained=DIR --tasks rnope_passkey --output_path OUT
 
-      [project.entry-points."lm_eval.models"]
-      rnope = "rnope.evals.lm_eval_adapter:RnopeLM"
+runs lm_eval's own CLI (:func:`run_cli`) with the ``rnope`` model registered (importing this
+module fires the registration), ``--model rnope`` unless another ``--model`` is given, the shipped
+task directory ``local_tasks/`` on the task path, and ``--device auto`` for rnope unless a device is
+given. ``python -m rnope.evals.lm_eval_adapter run ARGS`` is the same. lm_eval releases that read
+the ``lm_eval.models`` entry point (declared in ``pyproject.toml``) also run ``lm_eval run --model
+rnope ...`` as is; the releases that ``rnope[eval]`` installs today (<= 0.4.13) register models only
+by import (from Python: ``import rnope.evals.lm_eval_adapter`` before ``lm_eval.simple_evaluate``).
 
-  so ``lm_eval run --model rnope --model_args pretrained=DIR --tasks ...`` works as is.
-* Older releases (<= 0.4.13) register models only by import: run the same command line through
-  this module, which imports it (firing ``@register_model("rnope")``) and then hands the arguments
-  to lm_eval's own CLI::
-
-      python -m rnope.evals.lm_eval_adapter run --model rnope --model_args pretrained=DIR \\
-          --tasks rnope_passkey --include_path TASK_DIR
-
-  (or, from Python, ``import rnope.evals.lm_eval_adapter`` before ``lm_eval.simple_evaluate``).
-
-Local task (offline): ``python -m rnope.evals.lm_eval_adapter make-task TASK_DIR`` writes
-``TASK_DIR/passkey.jsonl`` (passkey items (docs/evaluation.md)) and three task configs that read it with
-``dataset_path: json`` + ``data_files`` (absolute paths, HF datasets cache inside TASK_DIR):
-``rnope_passkey`` (generate_until, exact match -- the shipped ``local_tasks/passkey.yaml``),
-``rnope_passkey_ll`` (loglikelihood of the key) and ``rnope_passkey_rolling``
-(loglikelihood_rolling of the prompt). Set ``HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1`` so nothing
-is fetched from a hub.
+Shipped tasks (``local_tasks/``, offline): ``rnope_passkey`` (generate_until, exact match of the
+key), ``rnope_passkey_ll`` (loglikelihood of the key) and ``rnope_passkey_rolling``
+(loglikelihood_rolling of the prompt). Their items (passkey, docs/evaluation.md) are generated in
+memory by :func:`passkey_dataset` -- ``n`` per length, ``lengths`` in byte-level tokens, ``seed``,
+from the task metadata (lm_eval's ``--metadata``). ``python -m rnope.evals.lm_eval_adapter make-task
+TASK_DIR`` writes the same tasks as a fixed ``passkey.jsonl`` plus YAMLs that read it (``dataset_path:
+json``, absolute paths, HF datasets cache inside TASK_DIR); use them with ``--include_path TASK_DIR``.
 
 Model arguments (``--model_args``): ``pretrained`` (checkpoint / run / HF directory), ``batch_size``,
-``device`` (falls back to CPU when CUDA is missing), ``dtype``, ``max_length`` (default: the model
-config's ``max_seq_len``; longer inputs keep their last tokens, rolling windows use it),
-``max_gen_toks`` (default 256). Generation is greedy; sampling arguments are ignored with a warning.
+``device`` (``auto``; falls back to CPU, with a warning, when CUDA is asked for but missing),
+``dtype``, ``max_length`` (default: the model config's ``max_seq_len``; longer inputs keep their last
+tokens, rolling windows use it), ``max_gen_toks`` (default 256). Generation is greedy; sampling
+arguments are ignored with a warning.
 """
 
 from __future__ import annotations
@@ -45,12 +40,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RnopeLM", "TASK_NAMES", "main", "passkey_task_configs", "write_passkey_task"]
+__all__ = ["RnopeLM", "TASKS_DIR", "TASK_NAMES", "lm_eval_argv", "main", "passkey_dataset", "passkey_task_configs",
+           "run_cli", "write_passkey_task"]
 
 log = logging.getLogger(__name__)
 
 TASK_NAMES = ("rnope_passkey", "rnope_passkey_ll", "rnope_passkey_rolling")
-SHIPPED_TASK = Path(__file__).resolve().parent / "local_tasks" / "passkey.yaml"
+TASKS_DIR = Path(__file__).resolve().parent / "local_tasks"  # the shipped tasks (package data)
+SHIPPED_TASK = TASKS_DIR / "passkey.yaml"
 
 
 # ------------------------------------------------------------------------------------ local task
@@ -70,7 +67,8 @@ def passkey_task_configs(data_file: str, cache_dir: str | None = None) -> dict[s
                              "ignore_case": True, "ignore_punctuation": True, "regexes_to_ignore": [" "]}],
         },
         "rnope_passkey_ll": {
-            "task": "rnope_passkey_ll", **base, "output_type": "loglikelihood", "doc_to_target": "{{answer}}",
+            # lm_eval puts no target_delimiter in front of a loglikelihood continuation: the space is the target's
+            "task": "rnope_passkey_ll", **base, "output_type": "loglikelihood", "doc_to_target": " {{answer}}",
             "target_delimiter": " ",
             "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
                             {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False}],
@@ -100,6 +98,23 @@ def passkey_rows(n: int = 20, lengths: Sequence[int] = (512, 1024), seed: int = 
             it = passkey(item_seed(seed, "lm_eval", i), L, depth, encode=encode)
             rows.append({"prompt": it.prompt, "answer": it.answers[0], "length": L, "depth": depth})
     return rows
+
+
+def passkey_dataset(n: int = 20, lengths: Sequence[int] | str = (512, 1024), seed: int = 0, **_metadata: Any):
+    """The shipped tasks' items as ``{"test": datasets.Dataset}`` (``custom_dataset`` of ``local_tasks/*.yaml``).
+
+    lm_eval passes the task metadata merged with ``--metadata`` and the model arguments; only ``n``,
+    ``lengths`` and ``seed`` are read."""
+    import datasets
+
+    from .args import parse_lengths
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"rnope passkey tasks: metadata n must be a positive integer, got {n!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"rnope passkey tasks: metadata seed must be an integer, got {seed!r}")
+    rows = passkey_rows(n, parse_lengths(lengths, "metadata lengths"), seed)
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
 
 def write_passkey_task(out_dir: str | Path, *, n: int = 20, lengths: Sequence[int] = (512, 1024), seed: int = 0,
@@ -161,7 +176,7 @@ if _LM is not None:
             bs = _as_int(batch_size, 8)
             if predictor is None:
                 if not pretrained:
-                    raise ValueError("rnope: give --model_args pretrained=CHECKPOINT_DIR")
+                    raise ValueError("the rnope model needs --model_args pretrained=CHECKPOINT_DIR")
                 import torch
 
                 dev = device or "auto"
@@ -269,10 +284,12 @@ if _LM is not None:
             return res
 
     def _register() -> None:
-        import lm_eval.models  # noqa: F401  (lm_eval's lazy built-ins first, so they stay available)
+        import importlib
+
+        importlib.import_module("lm_eval.models")  # lm_eval's lazy built-ins first, so they stay available
 
         try:
-            from lm_eval.api.registry import model_registry  # lm_eval >= 0.4.9: a Registry object
+            from lm_eval.api.registry import model_registry  # lm_eval >= 0.4.10: a Registry object
         except ImportError:  # older releases: a dict behind @register_model
             from lm_eval.api.registry import MODEL_REGISTRY as model_registry
             from lm_eval.api.registry import register_model
@@ -290,10 +307,90 @@ else:  # pragma: no cover
 
 
 # ------------------------------------------------------------------------------------ entry point
+def _flag(argv: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` (``--flag V`` or ``--flag=V``) in ``argv``; ``""`` when given without one."""
+    for i, a in enumerate(argv):
+        if a == flag:
+            return argv[i + 1] if i + 1 < len(argv) else ""
+        if a.startswith(flag + "="):
+            return a[len(flag) + 1 :]
+    return None
+
+
+def _has_subcommands() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("lm_eval._cli") is not None  # lm_eval >= 0.4.10: run / ls / validate
+
+
+def lm_eval_argv(argv: Sequence[str], subcommands: bool = True) -> list[str]:
+    """lm_eval CLI arguments for ``rnope lm-eval ARGV``: ``--model rnope`` unless a model is given,
+    the shipped task directory as ``--include_path`` unless one is given, ``--device auto`` for rnope
+    unless a device (or ``--config``) is given, and ``run`` first when lm_eval has sub-commands."""
+    argv = list(argv)
+    sub = "run"
+    if argv[:1] and argv[0] in ("run", "ls", "validate"):
+        sub, argv = argv[0], argv[1:]
+    if sub != "run" and not subcommands:
+        raise ValueError(f"the installed lm_eval has no '{sub}' command (it needs lm_eval >= 0.4.10)")
+    extra = []
+    if sub == "run":
+        model = _flag(argv, "--model")
+        if model is None:
+            extra += ["--model", "rnope"]
+        if (model or "rnope") == "rnope" and _flag(argv, "--device") is None and _flag(argv, "--config") is None:
+            extra += ["--device", "auto"]  # lm_eval's own default is cuda:0, a warning on every CPU machine
+    if _flag(argv, "--include_path") is None:
+        extra += ["--include_path", str(TASKS_DIR)]
+    return ([sub] if subcommands else []) + extra + argv
+
+
+def _also_include_shipped_tasks() -> Any:
+    """Add the shipped task directory to every ``TaskManager`` (for a user's own ``--include_path``,
+    which lm_eval's CLI takes as one path) in front of the user's paths, so a user's task of the same
+    name wins; returns the function that undoes it."""
+    from lm_eval.tasks import TaskManager
+
+    init = TaskManager.__init__
+
+    def __init__(self, *args, include_path=None, **kwargs):
+        paths = [] if include_path is None else [include_path] if isinstance(include_path, (str, Path)) \
+            else list(include_path)
+        init(self, *args, include_path=[str(TASKS_DIR), *map(str, paths)], **kwargs)
+
+    TaskManager.__init__ = __init__
+
+    def undo() -> None:
+        TaskManager.__init__ = init
+
+    return undo
+
+
+def run_cli(argv: Sequence[str]) -> int:
+    """Run lm_eval's own CLI on ``lm_eval_argv(argv)`` in this process, ``rnope`` registered; returns
+    the exit code (lm_eval's usage errors exit 2 with its own message)."""
+    if RnopeLM is None:
+        raise ValueError("lm-eval needs lm_eval: pip install 'rnope[eval]'")
+    from lm_eval.__main__ import cli_evaluate
+
+    args = lm_eval_argv(argv, _has_subcommands())
+    undo = _also_include_shipped_tasks() if _flag(list(argv), "--include_path") is not None else None
+    saved = sys.argv
+    sys.argv = ["lm-eval", *args]
+    try:
+        cli_evaluate()
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    finally:
+        sys.argv = saved
+        if undo is not None:
+            undo()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m rnope.evals.lm_eval_adapter make-task DIR [--n N] [--lengths 512,1024] [--seed S]``
-    or ``python -m rnope.evals.lm_eval_adapter [run] --model rnope ...`` (lm_eval's CLI with the
-    ``rnope`` model registered)."""
+    or ``python -m rnope.evals.lm_eval_adapter [run] ARGS`` (the same as ``rnope lm-eval ARGS``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["make-task"]:
         import argparse
@@ -310,14 +407,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in write_passkey_task(a.dir, n=a.n, lengths=parse_lengths(a.lengths), seed=a.seed):
             print(p)
         return 0
-    if RnopeLM is None:
-        print("rnope: error: lm_eval is not installed (pip install lm_eval)", file=sys.stderr)
+    try:
+        return run_cli(argv)
+    except ValueError as e:
+        print(f"rnope: error: {e}", file=sys.stderr)
         return 2
-    from lm_eval.__main__ import cli_evaluate
-
-    sys.argv = ["lm-eval", *argv]
-    cli_evaluate()
-    return 0
 
 
 if __name__ == "__main__":
