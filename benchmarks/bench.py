@@ -632,6 +632,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_args(a) -> int:
+    parts, fused, lengths = check_args(a)
+    res = run(a.quick, out=a.out, parts=parts, hf=not a.no_hf, compile=not a.no_compile, threads=a.threads, fused_adamw=fused,
+              rounds=a.rounds, lengths=lengths)
+    print(markdown(res))
+    return 0
+
+
+def check_args(a):
+    """(parts, fused AdamW choice, lengths) of parsed arguments; ValueError naming a bad one."""
     parts = tuple(p.strip() for p in a.only.split(",") if p.strip())
     unknown = set(parts) - {"train", "inference", "kv", "sliding"}
     if unknown:
@@ -643,10 +652,7 @@ def run_args(a) -> int:
         raise ValueError(f"--lengths must be comma-separated integers, got {a.lengths!r}") from None
     if lengths and min(lengths) < 1:
         raise ValueError(f"--lengths must be positive, got {a.lengths!r}")
-    res = run(a.quick, out=a.out, parts=parts, hf=not a.no_hf, compile=not a.no_compile, threads=a.threads, fused_adamw=fused,
-              rounds=a.rounds, lengths=lengths)
-    print(markdown(res))
-    return 0
+    return parts, fused, lengths
 
 
 if __name__ == "__main__":

@@ -24,12 +24,14 @@ from rnope.analysis import (
     uniform_reference,
     write_report,
 )
+from rnope.analysis.plots import plot_entropy_positions, plot_position_profile, plot_segments
 from rnope.analysis.segments import BEGIN, CONTEXT, END, NEEDLE, encode_with_offsets
 from rnope.cli import main
 from rnope.kernels import reference_attention, visibility
 from rnope.tokenizer import Tokenizer
 
 from .conftest import TINY, tiny_model
+from .figcheck import SCIENTIFIC, captured_figures, renderer, tick_labels, unreadable
 
 BYTE = dict(TINY, vocab_size=259)  # byte-level tokenizer ids
 LEN = 300  # just above the passkey minimum with the byte-level tokenizer (259 tokens)
@@ -311,7 +313,7 @@ def test_cli_two_models(ckpts, capsys):
     "argv,msg",
     [
         (["--lengths", "64"], "length 64 is too short for task 'passkey'"),
-        (["--lengths", "300,abc"], "--lengths: 'abc' is not an integer"),
+        (["--lengths", "300,abc"], "--lengths: 'abc' is not a positive integer (e.g. 256, 4096 or 4k)"),
         (["--lengths", "300", "--samples", "0"], "--samples must be >= 1"),
         (["--lengths", "300", "--names", "x,y"], "--names: 2 name(s) for 1 --ckpt"),
         (["--lengths", "300", "--haystack", "essay"], "--haystack essay needs --essay FILE"),
@@ -341,3 +343,66 @@ def test_cli_unloadable_checkpoint(ckpts, capsys, breakage):
     err = capsys.readouterr().err.strip().splitlines()
     assert len([l for l in err if l.startswith("rnope: error:")]) == 1 and "bad" in err[-1]
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ figures
+def _fake_result(model: str, length: int, n_layer: int, nope_every: int = 0, sliding: bool = False) -> dict:
+    """The parts of one :func:`analyze` result the figures read, made up (no model is run)."""
+    rng = np.random.default_rng(length + n_layer)
+    layers = [{"layer": i, "rope": not (nope_every and (i + 1) % nope_every == 0),
+               "span": "sliding" if sliding and (i + 1) % max(nope_every, 1) else "full"} for i in range(n_layer)]
+    groups = ["all"] + [g for g, ok in (("rope_layers", any(x["rope"] for x in layers)),
+                                         ("nope_layers", not all(x["rope"] for x in layers)),
+                                         ("sliding_layers", sliding), ("global_layers", sliding)) if ok]
+    segs = {}
+    for g in groups:
+        v = rng.dirichlet([3, 1, 6, 2])
+        segs[g] = dict(zip(SEGMENTS, map(float, v)))
+    pos = np.unique(np.geomspace(1, length, 40).astype(int)) - 1
+    bins = np.linspace(0.02, 0.98, 48)
+    return {"model": model, "length": length, "segments": segs, "per_layer": layers,
+            "entropy": {"by_query_position": {"positions": pos.tolist(),
+                                              "per_layer": [(np.log(pos + 1) * rng.uniform(0.3, 0.9)).tolist() for _ in layers]}},
+            "position_profile": {"bin_centers": bins.tolist(), "needle_position": 0.6,
+                                 "mass": {"all": (rng.dirichlet(np.ones(len(bins)))).tolist()}}}
+
+
+@pytest.fixture
+def fake_results():
+    return [_fake_result(m, L, n, e, s) for m, n, e, s in (("rnope-swa", 4, 4, True), ("rope-twelve-layers", 12, 0, False),
+                                                        ("nope", 4, 1, False)) for L in (300, 1024)]
+
+
+def test_segments_figure_suptitle_clears_the_panel_titles(fake_results, tmp_path, monkeypatch):
+    """The figure title used to sit on the middle panel's title; model names under the bars used to run
+    into each other."""
+    with captured_figures(monkeypatch) as figs:
+        plot_segments(fake_results, tmp_path / "segments.png")
+    (fig,) = figs
+    r = renderer(fig)
+    sup = fig._suptitle.get_window_extent(r)
+    titles = [ax.title for ax in fig.axes if ax.get_visible() and ax.title.get_text()]
+    assert len(titles) == 5  # all, RoPE, NoPE, sliding, global layers
+    for t in titles:
+        b = t.get_window_extent(r)
+        assert not sup.overlaps(b), t.get_text()
+        assert sup.y0 - b.y1 >= sup.height / 3, t.get_text()  # a clear gap above every panel title, not a touch
+    assert unreadable(fig) == []
+    # a model without a layer group gets "n/a", not an empty bar that reads as zero
+    nope_panel = next(ax for ax in fig.axes if ax.get_title() == "NoPE layers")
+    assert [t.get_text() for t in nope_panel.texts] == ["n/a", "n/a"]
+
+
+def test_entropy_and_position_figures_keep_legends_off_the_data(fake_results, tmp_path, monkeypatch):
+    with captured_figures(monkeypatch) as figs:
+        for res in fake_results[1:3]:
+            plot_entropy_positions(res, tmp_path / "e.png")
+        plot_position_profile(fake_results, tmp_path / "p.png")
+    assert len(figs) == 3
+    for fig in figs:
+        assert unreadable(fig) == []
+        for ax in fig.axes:
+            assert ax.get_xlabel()
+            assert not [t for t in tick_labels(ax, "x") + tick_labels(ax, "y") if SCIENTIFIC.search(t)]
+        assert fig.axes[0].get_ylabel()
+    assert "nats" in figs[0].axes[0].get_ylabel()

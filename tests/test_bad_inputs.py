@@ -224,7 +224,7 @@ CASES = [
     ("eval-out-under-file", ["eval", "niah", "--ckpt", "{ws}/ck", "--out", "{out}"], ["is not a directory"], "under_file"),
     ("eval-unknown-eval", ["eval", "bogus", "--ckpt", "{ws}/ck", "--out", "{out}"], ["eval: argument EVAL: invalid choice: 'bogus'"], None),
     # ---- analyze (test_analysis.py has lengths / samples / names / essay-needed / unloadable)
-    ("analyze-length-0", ["analyze", "--ckpt", "{ws}/ck", "--out", "{out}", "--lengths", "0"], ["--lengths: length 0 must be >= 1"], None),
+    ("analyze-length-0", ["analyze", "--ckpt", "{ws}/ck", "--out", "{out}", "--lengths", "0"], ["--lengths: 0 must be >= 1"], None),
     ("analyze-device", ["analyze", "--ckpt", "{ws}/ck", "--out", "{out}", "--lengths", "300", "--device", "nonsense"], ["--device: unknown device 'nonsense'"], None),
     ("analyze-essay-not-utf8", ["analyze", "--ckpt", "{ws}/ck", "--out", "{out}", "--lengths", "300", "--haystack", "essay", "--essay", "{ws}/bad.txt"], ["--essay file", "cannot be read (UnicodeDecodeError)"], None),
     ("analyze-tokenizer-larger-than-vocab", ["analyze", "--ckpt", "{ws}/bigtok", "--out", "{out}", "--lengths", "300"], ["tokenizer has", "vocab_size is 259"], None),

@@ -35,6 +35,8 @@ from rnope.evals.runner import (
 )
 from rnope.tokenizer import Tokenizer
 
+from .figcheck import SCIENTIFIC, captured_figures, renderer, tick_labels, unreadable
+
 TINY = dict(vocab_size=259, n_layer=4, d_model=32, n_head=4, n_kv_head=2, d_ff=64, max_seq_len=256, window=16)
 
 
@@ -530,3 +532,140 @@ def test_lm_eval_cli_runs_the_local_tasks_offline(ckpts, tmp_path, monkeypatch):
     assert 0.0 <= r["rnope_passkey"]["exact_match,none"] <= 1.0
     assert r["rnope_passkey_rolling"]["byte_perplexity,none"] > 1.0
     assert not (tmp_path / "hf").exists() or not list((tmp_path / "hf").rglob("*.arrow"))
+
+
+def test_models_are_labelled_by_run_name_and_the_preset_they_were_trained_from(tmp_path):
+    """A run directory named like another preset ('swa' holding an rnope-swa) is labelled
+    'swa (rnope-swa)' in every table and plot; its figure file name stays file-name safe."""
+    from rnope.evals.args import file_safe, model_names
+
+    m = tiny_model()
+    swa = rnope.save(tmp_path / "swa", m, extra={"run": {"preset": "rnope-swa"}})
+    same = rnope.save(tmp_path / "rnope-swa", m, extra={"run": {"preset": "rnope-swa"}})
+    plain = rnope.save(tmp_path / "plain", m)
+    assert model_names([str(swa), str(same), str(plain)]) == ["swa (rnope-swa)", "rnope-swa", "plain"]
+    assert model_names([str(swa)], ["mine"]) == ["mine"]
+    assert file_safe("swa (rnope-swa)") == "swa_rnope-swa"
+
+
+def test_niah_default_lengths_start_where_the_template_fits(ckpts, tmp_path, capsys):
+    """--lengths auto (the default): 1x-8x the training length, shifted to the first multiple the
+    passkey template fits: a byte-level model of 256 tokens cannot hold it in 256 (259 needed)."""
+    out = tmp_path / "ev"
+    assert cli_main(["eval", "niah", "--ckpt", str(ckpts / "tiny"), "--out", str(out), "--samples", "1",
+                     "--depths", "50"]) == 0
+    assert "lengths: 512, 1024, 2048, 4096 (--lengths auto: 1x-8x the training length from the first multiple " \
+           "the passkey template fits)" in capsys.readouterr().err
+    doc = json.loads((out / "niah.json").read_text())
+    assert doc["settings"]["lengths"] == [512, 1024, 2048, 4096] and doc["results"][0]["train_seq_len"] == 256
+    with pytest.raises(ValueError, match=r"length 256 is too short for task 'passkey': the template alone needs 259 tokens"):
+        niah_eval.build_items(rnope.evals.runner.load_predictor(str(ckpts / "tiny")), [256], [50.0], 1, 0)
+
+
+# ------------------------------------------------------------------------------------ figures
+def _ruler_doc(score):
+    tasks, lengths = ["niah_single_1", "vt", "cwe"], [1024, 2048, 4096, 8192]
+    return {"seed": 0, "settings": {"samples": 4, "lengths": lengths, "tasks": tasks}, "results": [
+        {"model": m, "train_seq_len": 1024,
+         "scores": [{"length": L, "task": t, "score": score, "n": 4, "stderr": 0.0} for L in lengths for t in tasks],
+         "means": [{"length": L, "score": score, "stderr": 0.0, "tasks": tasks} for L in lengths]}
+        for m in ("rnope-swa", "rope")]}
+
+
+def _ppl_doc(points):
+    lengths = [256, 512, 1024, 2048, 4096]
+    return {"settings": {"lengths": lengths, "score_tokens": 128, "data": "held.jsonl", "streams_used": 3}, "results": [
+        {"model": m, "train_seq_len": 1024, "points": [{"length": L, "ppl": p + 0.004 * k} for L, p in zip(lengths, points)],
+         "position_nll": {"bin_size": 256, "start": list(range(0, 4096, 256)), "nll": [1.9 + 0.002 * i for i in range(16)]}}
+        for k, m in enumerate(("rnope-swa", "rope"))]}
+
+
+def test_ruler_figure_fixes_the_score_axis_to_0_100(monkeypatch):
+    """All-zero scores sit on the bottom of a 0-100 axis, never autoscaled to a band around zero
+    with negative scores."""
+    for score in (0.0, 100.0, 37.5):
+        with captured_figures(monkeypatch) as figs:
+            ruler_eval.outputs(_ruler_doc(score))
+        (fig,) = figs
+        ax = fig.axes[0]
+        assert ax.get_ylim() == (0.0, 100.0), score
+        assert "%" in ax.get_ylabel() and ax.get_xlabel()
+        assert not any(re.search(r"^[-−]", t) for t in tick_labels(ax, "y"))
+        assert unreadable(fig) == []
+
+
+def test_ppl_figure_has_a_y_label_and_plain_tick_labels_nothing_clipped(monkeypatch):
+    """A perplexity curve over a tiny range (6.731-6.747) on a log axis used to get minor tick labels
+    like '6.735x10^0', cut off at the left edge together with the y label."""
+    for points in ([6.731, 6.733, 6.735, 6.737, 6.739], [6.7, 6.9, 7.5, 210.0, 6000.0], [6.7, 9.0, 14.0, 30.0, 80.0]):
+        with captured_figures(monkeypatch) as figs:
+            ppl_eval.outputs(_ppl_doc(points))
+        ppl_fig, pos_fig = figs
+        for fig in figs:
+            ax = fig.axes[0]
+            assert ax.get_ylabel() and ax.get_xlabel()
+            ys, xs = tick_labels(ax, "y"), tick_labels(ax, "x")
+            assert len(ys) >= 2, (points, ys)
+            assert not [t for t in ys + xs if SCIENTIFIC.search(t)], (points, ys, xs)
+            assert unreadable(fig) == [], points
+        assert "perplexity" in ppl_fig.axes[0].get_ylabel() and "nats" in pos_fig.axes[0].get_ylabel()
+        assert tick_labels(ppl_fig.axes[0], "x") == ["256", "512", "1k", "2k", "4k"]
+
+
+def test_mqar_figure_accuracy_axis_is_0_1_and_the_legend_fits(monkeypatch):
+    doc = {"seed": 0, "settings": {"samples": 4, "pairs": [4, 8, 16], "lengths": [256, 512, 1024]}, "results": [
+        {"model": m, "train_seq_len": 512, "cells": [{"pairs": P, "length": L, "accuracy": 0.0}
+                                                     for P in (4, 8, 16) for L in (256, 512, 1024)]}
+        for m in ("rnope-swa", "a-longer-model-name")]}
+    with captured_figures(monkeypatch) as figs:
+        mqar_eval.outputs(doc)
+    (fig,) = figs
+    assert fig.axes[0].get_ylim() == (0.0, 1.0)
+    assert unreadable(fig) == []
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels.count("training length (512)") == 1  # one shared training length: one marker
+
+
+def _contrast(c1, c2) -> float:
+    def lum(c):
+        r, g, b = ((x / 12.92 if x <= 0.04045 else ((x + 0.055) / 1.055) ** 2.4) for x in c[:3])
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    a, b = sorted((lum(c1), lum(c2)))
+    return (b + 0.05) / (a + 0.05)
+
+
+@pytest.mark.parametrize("n_lengths,n_depths", [(2, 2), (6, 11), (8, 21)])
+def test_niah_heatmap_is_colour_blind_safe_with_readable_cell_labels(monkeypatch, n_lengths, n_depths):
+    from matplotlib.colors import to_rgba
+
+    lengths = [512 * 2**i for i in range(n_lengths)]
+    depths = [100.0 * i / (n_depths - 1) for i in range(n_depths)]
+    rng = random.Random(0)
+    cells = [{"length": L, "depth": d, "accuracy": rng.choice([0.0, 0.2, 0.5, 0.8, 1.0]), "n": 5} for L in lengths for d in depths]
+    doc = {"seed": 0, "settings": {"samples": 5, "wording": "passkey"},
+           "results": [{"model": "rnope-swa@theta=1000000", "train_seq_len": 1024, "cells": cells}]}
+    with captured_figures(monkeypatch) as figs:
+        files = niah_eval.outputs(doc)
+    (fig,) = figs
+    (png,) = [v for k, v in files.items() if k.endswith(".png")]
+    assert png_size(png) == heatmap_size(n_lengths, n_depths)
+    ax = fig.axes[0]
+    (im,) = ax.images
+    assert im.get_cmap().name in {"viridis", "cividis", "magma", "inferno", "plasma"}  # no red-green scale
+    assert im.norm.vmin == 0.0 and im.norm.vmax == 1.0
+    arr = im.get_array()
+    r = renderer(fig)
+    cell_w = ax.get_window_extent(r).width / n_lengths
+    cell_h = ax.get_window_extent(r).height / n_depths
+    labels = [t for t in ax.texts if not t.get_text().startswith("train")]
+    assert len(labels) == n_lengths * n_depths
+    for t in labels:
+        j, i = (int(round(v)) for v in t.get_position())
+        assert t.get_fontsize() >= 9, t.get_fontsize()
+        assert t.get_text() in ("0", "1") or re.fullmatch(r"0\.\d\d", t.get_text()), t.get_text()
+        bg = im.cmap(im.norm(arr[i, j]))
+        assert _contrast(to_rgba(t.get_color()), bg) >= 4.5, (t.get_text(), t.get_color(), bg)
+        b = t.get_window_extent(r)
+        assert b.width < cell_w and b.height < cell_h
+    assert unreadable(fig) == []

@@ -495,7 +495,10 @@ def test_bench_kv_part_and_targets_table(tmp_path):
 def test_bench_cli_rejects_bad_arguments(tmp_path, capsys):
     from rnope.cli import main
 
-    assert main(["bench", "--out", str(tmp_path / "x.json"), "--only", "nonsense"]) == 2
+    assert main(["bench", "--out", str(tmp_path / "b"), "--only", "nonsense"]) == 2
     assert "unknown part" in capsys.readouterr().err
-    assert main(["bench", "--out", str(tmp_path / "missing" / "x.json")]) == 2
-    assert main(["bench", "--out", str(tmp_path / "x.json"), "--threads", "0"]) == 2
+    (tmp_path / "f").write_text("x")
+    assert main(["bench", "--out", str(tmp_path / "f")]) == 2  # --out is a directory, as everywhere
+    assert capsys.readouterr().err.strip() == f"rnope: error: --out '{tmp_path / 'f'}' exists and is not a directory"
+    assert main(["bench", "--out", str(tmp_path / "b"), "--threads", "0"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # nothing written

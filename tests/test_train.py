@@ -188,6 +188,30 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypat
     assert max(r["step"] for r in metrics(out)) == 4
 
 
+def test_training_prints_validation_losses_and_an_end_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(out, "--max-steps", 4, "--eval-every", 2, "--synthetic-ratio", 0) == 0
+    err = [ln.strip() for ln in capsys.readouterr().err.replace("\r", "\n").splitlines()]
+    rows = {r["step"]: r for r in metrics(out)}
+    for s in (0, 2, 4):
+        assert f"step {s}: val_loss {rows[s]['val_loss']:.4f} (256 tokens, held-out split)" in err
+    summary = [ln for ln in err if ln.startswith("done: ")]
+    assert summary == [f"done: steps 1-4 ({rows[4]['tokens']:,} tokens in all) in {summary[0].split(' in ')[2].split(';')[0]}; "
+                       f"train loss {rows[4]['loss']:.4f}, val_loss {rows[4]['val_loss']:.4f} at 256 tokens; "
+                       f"checkpoint {out / 'checkpoints' / 'step_4'}"]
+
+
+def test_max_steps_below_the_stages_says_which_stages_it_cuts(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("stages:\n  - {name: a, steps: 3, seq_len: 128}\n  - {name: b, steps: 3, seq_len: 256}\n"
+                   "  - {name: c, steps: 3, seq_len: 256}\n")
+    assert main(["train", *TINY[:-2], "--config", str(cfg), "--out", str(tmp_path / "r"), "--max-steps", "4",
+                 "--eval-every", "0", "--synthetic-ratio", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "rnope: note: --max-steps 4 ends the run in stage 'b' at step 1 of 3 (9 planned in all); stage(s) 'c' will not run" in err
+    assert max(r["step"] for r in metrics(tmp_path / "r")) == 4
+
+
 # ---- failures after a good start ---------------------------------------------------------------------
 def _flip_byte(d: Path) -> str:
     w = d / "model.safetensors"

@@ -18,41 +18,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", action="append", required=True, metavar="DIR",
                    help="checkpoint, run or Hugging Face directory (repeat for several models)")
     p.add_argument("--names", nargs="+", default=None, metavar="NAME",
-                   help="display names, one per --ckpt (space- or comma-separated; default: directory names)")
-    p.add_argument("--lengths", required=True, help="comma-separated probe lengths in tokens, e.g. 1024,4096")
+                   help="comma-separated model names, one per --ckpt (default: directory names)")
+    p.add_argument("--lengths", required=True, help="probe lengths in tokens, e.g. 1024,4096 or 4k")
     p.add_argument("--samples", type=int, default=4, help="probes per length (default 4)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0, help="probe seed; sample i uses seed + i (default 0)")
     p.add_argument("--haystack", choices=("noise", "essay"), default="noise", help="passkey filler (default noise)")
     p.add_argument("--essay", default=None, metavar="FILE", help="UTF-8 prose file for --haystack essay")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="weights dtype (scores and softmax are always fp32)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="float32",
+                   help="float32 (default: attention weights are what is measured, so no bf16 rounding unless "
+                        "asked), bfloat16, float16, or auto (bf16 on cuda, fp32 on cpu); scores and softmax are "
+                        "always fp32")
     p.add_argument("--chunk-mb", type=int, default=64, help="working memory per chunk of attention rows (MiB)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-
-
-def _parse_lengths(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        part = part.strip().lower()
-        if not part:
-            continue
-        mult = 1
-        if part.endswith("k"):
-            part, mult = part[:-1], 1024
-        try:
-            out.append(int(part) * mult)
-        except ValueError:
-            raise ValueError(f"--lengths: {part!r} is not an integer") from None
-    if not out:
-        raise ValueError("--lengths: no lengths given")
-    for L in out:
-        if L < 1:
-            raise ValueError(f"--lengths: length {L} must be >= 1")
-    if len(set(out)) != len(out):
-        raise ValueError("--lengths: a length is given twice")
-    return out
 
 
 def _names(args) -> list[str]:
@@ -120,7 +99,9 @@ def run(args) -> int:
     from ..analysis.report import build_probes, versions, write_report
 
     # ---- arguments
-    lengths = _parse_lengths(args.lengths)
+    from ..evals.args import parse_lengths
+
+    lengths = parse_lengths(args.lengths)
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     if args.chunk_mb < 1:
@@ -141,13 +122,10 @@ def run(args) -> int:
             raise ValueError(f"--essay file '{args.essay}' cannot be read ({e.__class__.__name__})") from None
     elif args.essay:
         raise ValueError("--essay is only used with --haystack essay")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        raise ValueError(f"--device: unknown device {args.device!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    from ..evals.runner import pick_device, pick_dtype
+
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
     probe_kw = dict(haystack=args.haystack, essay=essay)
 
     # ---- checkpoints, tokenizers and probes, before any forward pass

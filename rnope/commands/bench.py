@@ -1,4 +1,4 @@
-"""``rnope bench [--quick] --out FILE.json``: training, prefill/decode, KV-cache and sliding-kernel
+"""``rnope bench [--quick] --out DIR`` (writes ``DIR/bench.json``): training, prefill/decode, KV-cache and sliding-kernel
 figures vs transformers, measured in one run (``benchmarks/bench.py`` does the work)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _module():
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="drop 32k, fewer rounds and new tokens")
-    p.add_argument("--out", required=True, help="write the JSON result here")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory: writes DIR/bench.json")
     p.add_argument("--only", default="train,inference,kv,sliding", help="comma-separated parts: train, inference, kv, sliding")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baselines")
     p.add_argument("--no-compile", action="store_true", help="eager only")
@@ -44,7 +44,11 @@ def run(args) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.rounds is not None and args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
-    out = Path(args.out)
-    if out.parent and not out.parent.exists():
-        raise FileNotFoundError(f"output directory '{out.parent}' does not exist")
-    return _module().run_args(args)
+    from ..evals.report import check_out_dir
+
+    out = check_out_dir(args.out)  # a directory, as every other --out: DIR/bench.json
+    mod = _module()
+    mod.check_args(args)
+    out.mkdir(parents=True, exist_ok=True)
+    args.out = str(out / "bench.json")
+    return mod.run_args(args)

@@ -29,6 +29,7 @@ def _common(p: argparse.ArgumentParser, samples: int | None, samples_help: str) 
     p.add_argument("--batch-size", type=int, default=8, help="prompts / sequences per forward batch (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on cuda, fp32 on cpu), float32, bfloat16, float16")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                    "exact value. Wordings: the canonical passkey, or held-out wordings of the retrieval "
                                    "family (docs/study.md). Writes niah.json, niah.md, niah_<model>.png.")
     _common(n, 5, "samples per (length, depth) cell")
-    n.add_argument("--lengths", default="256,512,1024,2048,4096", help="context lengths in tokens, e.g. 256,512,4k")
+    n.add_argument("--lengths", default="auto",
+                   help="context lengths in tokens, e.g. 256,512,4k; auto (default) = 1x, 2x, 4x and 8x the "
+                        "training length, starting at the first multiple the prompt template fits")
     n.add_argument("--depths", default="0:100:10", help="needle depths in %%: list or START:STOP:STEP (default 0:100:10)")
     n.add_argument("--haystack", default="noise", choices=["noise", "essay"],
                    help="noise = the grass/sky filler; essay = prose no training run sees (rnope's held-out essays, "
@@ -114,12 +117,17 @@ def _run_niah(args):
 
     from ..data.heldout import load_essay
 
-    lengths, depths = niah.check_settings(args.lengths, args.depths, args.samples, args.haystack, args.gen_tokens,
-                                          args.wording)
+    auto = args.lengths == "auto"
+    lengths, depths = niah.check_settings("1" if auto else args.lengths, args.depths, args.samples, args.haystack,
+                                          args.gen_tokens, args.wording)
     if args.essay is not None and args.haystack != "essay":
         raise ValueError("--essay needs --haystack essay")
     essay = load_essay(args.essay) if args.essay is not None else None
     models = _load(args)
+    if auto:
+        lengths = niah.auto_lengths(models, haystack=args.haystack, essay=essay, wording=args.wording)
+        print(f"lengths: {', '.join(map(str, lengths))} (--lengths auto: 1x-8x the training length from the first "
+              f"multiple the {args.wording} template fits)", file=sys.stderr)
     doc = niah.evaluate(models, lengths=lengths, depths=depths, samples=args.samples, seed=args.seed,
                         haystack=args.haystack, batch_size=args.batch_size, gen_tokens=args.gen_tokens,
                         wording=args.wording, essay=essay)

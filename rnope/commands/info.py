@@ -12,7 +12,7 @@ HELP = "print a preset's or checkpoint's config, expanded layer pattern, paramet
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--preset", help="preset name (see rnope.PRESETS)")
-    g.add_argument("--ckpt", help="checkpoint or run directory")
+    g.add_argument("--ckpt", help="checkpoint, run or Hugging Face directory")
     p.add_argument("--length", type=int, default=None, help="cached tokens for the KV size (default: max_seq_len)")
     p.set_defaults(_accepts_extra=True)
 
@@ -25,12 +25,18 @@ def run(args) -> int:
     if args.preset:
         cfg = ModelConfig.from_preset(args.preset, **overrides)
     else:
-        from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, resolve
+        from ..checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_config, read_meta, resolve
         from ..weights_header import check_config
 
         d = resolve(args.ckpt)
-        cfg, _ = read_config(d)
-        check_config(cfg, d / CONFIG_FILE, [d / WEIGHTS_FILE])  # report what the weights hold, not an unchecked claim
+        meta = read_meta(d)
+        if isinstance(meta, dict) and "model_type" in meta and "model" not in meta:  # a Hugging Face directory
+            from ..interop.hf import read_checked_config
+
+            cfg = read_checked_config(d)
+        else:
+            cfg, _ = read_config(d)
+            check_config(cfg, d / CONFIG_FILE, [d / WEIGHTS_FILE])  # report what the weights hold, not an unchecked claim
         if overrides:
             raise ValueError("--model.* overrides apply to --preset only")
     L = cfg.max_seq_len if args.length is None else args.length

@@ -244,10 +244,26 @@ def build_plan(args):
             raise ValueError(f"cannot resume '{out}': model config field '{field}' differs "
                              f"(checkpoint: {getattr(got, field)!r}, this run: {getattr(want, field)!r})")
     cache = Path(run.cache_dir or os.environ.get("RNOPE_CACHE") or out / "data")
+    notes = [f"rnope: {d.name} does not verify ({why}); resuming from {resume_from.name} instead" for d, why in rejected]
+    notes += _cut_stages_note(stages, run.total_steps)
     return Plan(run=run, out=out, stages=stages, models=models, tokenizer=tok, mode=mode, cache_dir=cache,
-                resume_from=resume_from, rejected=tuple(d for d, _ in rejected), run_info=_run_info(),
-                notes=tuple(f"rnope: {d.name} does not verify ({why}); resuming from {resume_from.name} instead"
-                            for d, why in rejected))
+                resume_from=resume_from, rejected=tuple(d for d, _ in rejected), run_info=_run_info(), notes=tuple(notes))
+
+
+def _cut_stages_note(stages, total: int) -> list[str]:
+    """One line when --max-steps ends the run before its stages do (which stages are cut or skipped)."""
+    planned = sum(s.steps for s in stages)
+    if total >= planned or len(stages) < 2 and stages[0].name == "pretrain":
+        return []
+    start = 0
+    for i, st in enumerate(stages):
+        if total < start + st.steps:
+            skipped = [s.name for s in stages[i + 1:]]
+            rest = f"; stage(s) {', '.join(repr(n) for n in skipped)} will not run" if skipped else ""
+            return [f"rnope: note: --max-steps {total} ends the run in stage {st.name!r} at step {total - start} of "
+                    f"{st.steps} ({planned} planned in all){rest}"]
+        start += st.steps
+    return []
 
 
 def run(args) -> int:

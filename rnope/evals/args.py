@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["item_seed", "model_names", "parse_depths", "parse_lengths", "parse_names"]
+__all__ = ["file_safe", "item_seed", "model_names", "parse_depths", "parse_lengths", "parse_names", "trained_preset"]
 
 # ----------------------------------------------------------------------------------------- parsing
 _LEN_RE = re.compile(r"^(\d+)([kK]?)$")
@@ -75,9 +75,29 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
 
 
+def file_safe(name: str) -> str:
+    """A model name as it may appear in a file name (``swa (rnope-swa)`` -> ``swa_rnope-swa``)."""
+    return _safe(name)
+
+
+def trained_preset(ckpt: str) -> str | None:
+    """The preset a training run recorded in its checkpoint's config.json (None if there is none or
+    the directory cannot be read: loading it reports why)."""
+    try:
+        from ..checkpoint import read_meta, resolve
+
+        meta = read_meta(resolve(ckpt))
+        preset = meta.get("run", {}).get("preset") if isinstance(meta, dict) else None
+    except (ValueError, OSError, AttributeError):
+        return None
+    return preset if isinstance(preset, str) and preset else None
+
+
 def model_names(ckpts: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
-    """Names for the checkpoints: ``names`` or each directory's name (``RUN-step_N`` for a
-    checkpoint inside a run's ``checkpoints/``); made file-name safe; must be distinct."""
+    """Names for the checkpoints: ``names`` (made file-name safe), or each directory's name
+    (``RUN-step_N`` for a checkpoint inside a run's ``checkpoints/``) followed by the preset the run
+    was trained from when that differs (``swa (rnope-swa)``: a run named like another preset is
+    never mistaken for it); must be distinct."""
     out = []
     for i, c in enumerate(ckpts):
         if names is not None:
@@ -87,7 +107,9 @@ def model_names(ckpts: Sequence[str], names: Sequence[str] | None = None) -> lis
         n = p.name
         if p.parent.name == "checkpoints" and p.parent.parent.name:
             n = f"{p.parent.parent.name}-{n}"
-        out.append(_safe(n))
+        n = _safe(n)
+        preset = trained_preset(c)
+        out.append(n if preset is None or preset == n else f"{n} ({preset})")
     dup = sorted({n for n in out if out.count(n) > 1})
     if dup:
         raise ValueError(f"two checkpoints share the name {dup[0]!r}; give distinct names with --names")

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from .args import file_safe
 from .report import heatmap_png, md_table, to_json, versions
 from .runner import Predictor, item_seed, parse_depths, parse_lengths, predictor_meta, run_items
 
@@ -76,6 +77,28 @@ def _heldout_item(seed: int, i: int, L: int, depth: float, encode, split: str, h
         except ValueError as e:
             if "too short" not in str(e) or attempt == 7:
                 raise
+
+
+def auto_lengths(predictors: Sequence[Predictor], *, haystack: str = "noise", essay: Sequence[str] | None = None,
+                 wording: str = "passkey", factors: Sequence[int] = (1, 2, 4, 8)) -> list[int]:
+    """The default grid: ``factors`` x the shortest training length of ``predictors``, shifted up by
+    doublings until the prompt template fits the first length for every model (a byte-level model
+    trained at 256 tokens cannot hold the passkey template in 256)."""
+    if haystack == "essay" and essay is None:
+        from ..data.heldout import heldout_prose
+
+        essay = heldout_prose()
+    base = min(int(p.train_seq_len) for p in predictors)
+    for _ in range(12):
+        try:
+            for p in predictors:
+                build_items(p, [base], [50.0], 1, 0, haystack=haystack, essay=essay, wording=wording)
+            return [base * f for f in factors]
+        except ValueError as e:
+            if "too short" not in str(e):
+                raise
+            base *= 2
+    raise ValueError(f"--lengths auto: the {wording} template fits no length up to {base} tokens")
 
 
 def check_settings(lengths, depths, samples: int, haystack: str, gen_tokens: int | None,
@@ -186,6 +209,6 @@ def outputs(doc: dict) -> dict[str, str | bytes]:
     for r in doc["results"]:
         lengths, depths, cells = _grid(r)
         values = [[cells[(L, d)]["accuracy"] if (L, d) in cells else None for L in lengths] for d in depths]
-        files[f"niah_{r['model']}.png"] = heatmap_png(values, lengths, depths, train_seq_len=r["train_seq_len"],
+        files[f"niah_{file_safe(r['model'])}.png"] = heatmap_png(values, lengths, depths, train_seq_len=r["train_seq_len"],
                                                       title=f"{doc.get('settings', {}).get('wording', 'passkey')} retrieval: {r['model']}")
     return files

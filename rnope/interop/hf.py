@@ -297,6 +297,14 @@ def _read_tokenizer(d: Path, vocab_size: int) -> tuple[Any, str | None]:
         return None, f"rnope: note: {e}: imported without a tokenizer"
 
 
+def read_checked_config(hf_dir: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of a Hugging Face directory, checked against its weights' headers (no tensor is read)."""
+    d = Path(hf_dir)
+    config, _ = read_hf_config(d)
+    check_config(config, d / CONFIG, sorted(set(_weight_files(d).values())), prefix="model.", fields=HF_FIELDS)
+    return config
+
+
 def _load(hf_dir, log: Log | None) -> tuple[Transformer, Any, torch.dtype | None, dict]:
     d = Path(hf_dir)
     if not d.is_dir():

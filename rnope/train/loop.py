@@ -105,6 +105,7 @@ class _Metrics:
         self.path = out / "metrics.jsonl"
         self.tb = None
         self.t_window, self.paused_s, self.train_s = time.perf_counter(), 0.0, 0.0
+        self.last_loss: float | None = None  # of the last flushed step
         if d.is_main:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -147,6 +148,7 @@ class _Metrics:
                 for k in ("_sum", "_n", "_norm", "_tokens"):
                     del p[k]
             self.bar.set_postfix(loss=f"{steps[-1]['loss']:.4f}", tok_s=f"{rate:,.0f}", refresh=False)
+            self.last_loss = steps[-1]["loss"]
         self._write(self.pending)
         self.pending = []
 
@@ -311,6 +313,8 @@ def _train(plan: Plan, d: dist_.Dist) -> int:
     say(f"training {plan.models[stage_i].num_params():,} parameters for {max(total - start, 0)} steps "
         f"({d.world} process{'es' if d.world > 1 else ''}, {d.device.type}) -> {out}")
     code = 0
+    last_val = None
+    t_start = time.perf_counter()
     try:
         with _Signals() as sig:
             while True:
@@ -325,6 +329,8 @@ def _train(plan: Plan, d: dist_.Dist) -> int:
                         v = validation.loss(fwd, L)
                     if v is not None:
                         metrics.note_val(s, stages[stage_i].name, st["tokens"], v, L)
+                        say(f"step {s}: val_loss {v:.4f} ({L} tokens, held-out split)")
+                        last_val = (v, L)
                 save_now = s > start and (final or stopping or boundary or every(run.save_every, s))
                 if final or stopping or save_now or len(metrics.pending) >= log_every:
                     metrics.flush()  # raises _NonFinite before a bad state can be saved
@@ -381,6 +387,12 @@ def _train(plan: Plan, d: dist_.Dist) -> int:
         if stopping:
             code = 130 if sig.signum == signal.SIGINT else 0
             say(f"rnope: stopped by signal {sig.signum} at step {st['step']}; checkpoint saved")
+        elif st["step"] > start:
+            loss = f"train loss {metrics.last_loss:.4f}" if metrics.last_loss is not None else "no train loss logged"
+            val = f", val_loss {last_val[0]:.4f} at {last_val[1]} tokens" if last_val else ""
+            last = state_.latest_checkpoint(out) if d.is_main else None
+            say(f"done: steps {start + 1}-{st['step']} ({st['tokens']:,} tokens in all) in "
+                f"{(time.perf_counter() - t_start) / 60:.1f} min; {loss}{val}; checkpoint {last or 'none'}")
     except _NonFinite as e:
         if d.is_main:
             last = state_.latest_checkpoint(out)
