@@ -7,6 +7,7 @@ from .model import Transformer, init_weights  # noqa: E402
 from .cache import HybridCache  # noqa: E402
 from .generate import generate  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
+from .nope_scale import set_nope_scale  # noqa: E402
 
 __all__ = [
     "PRESETS",
@@ -18,4 +19,5 @@ __all__ = [
     "init_weights",
     "load",
     "save",
+    "set_nope_scale",
 ]

@@ -59,7 +59,9 @@ class LayerSpec:
     rope_fope_sigma: float = 0.1
     rope_fraction: float = 1.0
     qk_l2norm: bool = False
-    # NoPE layers only: query temperature "none" | "llama4" | "ssmax"
+    # NoPE layers only: query temperature "none" | "llama4" | "log" | "ssmax" (rnope.nope_scale);
+    # attn_temp_scale is the coefficient (Llama 4's 0.1, log's c), attn_temp_floor the position
+    # scale (Llama 4's floor 8192, log's training length)
     temperature: str = "none"
     attn_temp_scale: float = 0.1
     attn_temp_floor: int = 8192
@@ -113,6 +115,8 @@ class ModelConfig:
     rope_fope_sigma: float = 0.1
     rope_fraction: float = 1.0
     rope_qk_l2norm: bool = False
+    # NoPE-layer query scale β(p) (rnope.nope_scale): "llama4" 1 + scale·ln(floor((p+1)/floor) + 1),
+    # "log" 1 + scale·ln(max(1, (p+1)/floor)) with floor = the training length, "ssmax" learned
     nope_temperature: str = "none"
     attn_temp_scale: float = 0.1
     attn_temp_floor: int = 8192
@@ -147,7 +151,7 @@ class ModelConfig:
             "norm": ("layernorm", "rmsnorm"),
             "rope_layout": ("interleaved", "half"),
             "rope_scaling": SCALINGS,
-            "nope_temperature": ("none", "llama4", "ssmax"),
+            "nope_temperature": ("none", "llama4", "log", "ssmax"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

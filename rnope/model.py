@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .cache import HybridCache, write_static
 from .config import LayerSpec, ModelConfig
 from .kernels import attend_fresh, reference_attention, rotary, sdpa, visibility
+from .nope_scale import log_temperature
 from .rope import apply_rotary, llama4_temperature, rope_tables, rotary_angles
 
 # observer(layer_idx, spec, q (B,H,Tq,D), k (B,Hkv,Tk,D), q_time (Tq,), k_time (Tk,), start (B,)|None)
@@ -161,6 +162,9 @@ class Attention(nn.Module):
                 q, k = _l2norm(q), _l2norm(k)
         elif self.spec.temperature == "llama4":  # Llama 4 attn_temperature_tuning, NoPE layers only
             scale = llama4_temperature(ctx.positions, self.spec.attn_temp_scale, self.spec.attn_temp_floor)
+            q = (q.float() * scale[:, None, :, None]).to(q.dtype)
+        elif self.spec.temperature == "log":  # β = 1 + c·ln(max(1, (p+1)/L_train)), NoPE layers only
+            scale = log_temperature(ctx.positions, self.spec.attn_temp_scale, self.spec.attn_temp_floor)
             q = (q.float() * scale[:, None, :, None]).to(q.dtype)
         elif self.spec.temperature == "ssmax":  # Scalable-Softmax (Nakanishi 2025): q · s·log(n)
             logn = ctx.visible_keys(self.spec).float().log()  # (B, T)

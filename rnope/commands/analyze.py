@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "always fp32")
     p.add_argument("--chunk-mb", type=int, default=64, help="working memory per chunk of attention rows (MiB)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    from .eval import NOPE_SCALE_HELP
+
+    p.add_argument("--nope-scale", default=None, metavar="MODE", help=NOPE_SCALE_HELP)
 
 
 def _names(args) -> list[str]:
@@ -107,6 +110,9 @@ def run(args) -> int:
     if args.chunk_mb < 1:
         raise ValueError(f"--chunk-mb must be >= 1, got {args.chunk_mb}")
     names = _names(args)
+    from ..nope_scale import apply, check_checkpoint, parse_mode
+
+    nope_mode = parse_mode(args.nope_scale)[0]
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out '{out}' exists and is not a directory")
@@ -130,6 +136,8 @@ def run(args) -> int:
 
     # ---- checkpoints, tokenizers and probes, before any forward pass
     pre = [_precheck(c) for c in args.ckpt]
+    for c in args.ckpt:
+        check_checkpoint(c, nope_mode)
     probes = [None if tok is None else build_probes(tok, lengths, args.samples, args.seed, **probe_kw) for tok in pre]
 
     # ---- analysis, one model in memory at a time
@@ -137,9 +145,12 @@ def run(args) -> int:
     from ..checkpoint import load
 
     results = []
+    scales = {}
     for ckpt, name, tok, pr in zip(args.ckpt, names, pre, probes):
         model, loaded_tok = load(ckpt, device=device, dtype=None if dtype == torch.float32 else dtype)
         tok = tok or _tokenizer(loaded_tok, model.config.vocab_size, ckpt)
+        if nope_mode is not None:
+            scales[name] = apply(model, args.nope_scale, ckpt=ckpt, tokenizer=tok)
         if pr is None:
             pr = build_probes(tok, lengths, args.samples, args.seed, **probe_kw)
         results += analyze(
@@ -149,6 +160,8 @@ def run(args) -> int:
         del model
     doc = {"results": results, "seed": args.seed, "samples": args.samples, "lengths": lengths,
            "checkpoints": dict(zip(names, args.ckpt)), "versions": versions()}
+    if scales:
+        doc["nope_scale"] = scales
     paths = write_report(out, doc, figures=not args.no_figures)
     for p in paths:
         print(p)

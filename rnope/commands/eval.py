@@ -18,6 +18,12 @@ NAME = "eval"
 HELP = "evaluate checkpoints: niah (passkey grid), ruler (11 synthetic tasks), ppl (vs length), mqar"
 
 
+NOPE_SCALE_HELP = ("scale NoPE-layer queries at position p by beta(p), no retraining (docs/nope_scale.md): none; "
+                   "llama4 = 1 + 0.1*ln(floor((p+1)/8192) + 1); log = 1 + c*ln(max(1, (p+1)/L_train)) with c 0.1, "
+                   "or log:C; fitted = log with the c stored in the checkpoint's config.json, fitted on held-out "
+                   "text when none is stored (default: the checkpoint as saved)")
+
+
 def _common(p: argparse.ArgumentParser, samples: int | None, samples_help: str) -> None:
     p.add_argument("--ckpt", action="append", required=True, metavar="DIR",
                    help="checkpoint, run or Hugging Face directory (repeat for several models)")
@@ -29,6 +35,7 @@ def _common(p: argparse.ArgumentParser, samples: int | None, samples_help: str) 
     p.add_argument("--batch-size", type=int, default=8, help="prompts / sequences per forward batch (default 8)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on cuda, fp32 on cpu), float32, bfloat16, float16")
+    p.add_argument("--nope-scale", default=None, metavar="MODE", help=NOPE_SCALE_HELP)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
 
 
@@ -80,6 +87,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--score-tokens", type=int, default=None,
                    help="scored final tokens per stream (default: 256, or half the shortest length if that is less)")
     q.add_argument("--docs", type=int, default=8, help="number of long held-out streams (default 8)")
+    q.add_argument("--save-fit", action="store_true",
+                   help="with --nope-scale fitted: fit c on the held-out part of --data (the tokens between 2x "
+                        "and 4x the training length), also when one is stored, and store it in each checkpoint's "
+                        "config.json before evaluating")
     q.set_defaults(_eval=_run_ppl)
 
     m = sub.add_parser("mqar", help="multi-query associative recall accuracy (token space)",
@@ -103,13 +114,19 @@ def _check_common(args) -> None:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
     model_names(args.ckpt, parse_names(args.names, len(args.ckpt)))
     pick_dtype(args.dtype, pick_device(args.device))
+    from ..nope_scale import parse_mode
+
+    mode = parse_mode(args.nope_scale)[0]
+    if getattr(args, "save_fit", False) and mode != "fitted":
+        raise ValueError("--save-fit needs --nope-scale fitted")
 
 
-def _load(args, need_tokenizer: bool = True):
+def _load(args, need_tokenizer: bool = True, fit_kw: dict | None = None):
     from ..evals.runner import load_predictors, parse_names
 
     return load_predictors(args.ckpt, parse_names(args.names, len(args.ckpt)), device=args.device, dtype=args.dtype,
-                           batch_size=args.batch_size, need_tokenizer=need_tokenizer)
+                           batch_size=args.batch_size, need_tokenizer=need_tokenizer, nope_scale=args.nope_scale,
+                           save_fit=getattr(args, "save_fit", False), fit_kw=fit_kw)
 
 
 def _run_niah(args):
@@ -166,7 +183,7 @@ def _run_ppl(args):
     if args.docs < 1:
         raise ValueError(f"--docs must be >= 1, got {args.docs}")
     texts = ppl.heldout_documents(args.data, args.val_fraction)
-    models = _load(args)
+    models = _load(args, fit_kw={"data": args.data, "val_fraction": args.val_fraction})
     doc = ppl.evaluate(models, lengths=lengths, score_tokens=args.score_tokens, streams=args.docs, seed=args.seed,
                        docs=texts)
     doc["settings"].update(data=args.data, val_fraction=args.val_fraction)

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compile the decode step with torch.compile: the first call pays a compile of several "
                         "seconds; per token it is about as fast as eager on a 2-core CPU (0.9-1.1x measured) and "
                         "pays off on GPUs and long generations (benchmarks/RESULTS.md)")
+    from .eval import NOPE_SCALE_HELP
+
+    p.add_argument("--nope-scale", default=None, metavar="MODE", help=NOPE_SCALE_HELP)
 
 
 def _read_prompts(path: str) -> list[dict]:
@@ -79,6 +82,7 @@ def run(args) -> int:
     from ..checkpoint import load
     from ..evals.runner import pick_device, pick_dtype
     from ..generate import check_sampling, generate
+    from ..nope_scale import apply, check_checkpoint, parse_mode
 
     if args.input and not args.output:
         raise ValueError("--input needs --output")
@@ -86,6 +90,7 @@ def run(args) -> int:
         raise ValueError("--output is only used with --input (a --prompt completion streams to stdout)")
     # the checks rnope.generate() makes, worded with the flags, before the model loads
     check_sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, flags=True)
+    nope_mode = parse_mode(args.nope_scale)[0]
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.output:
@@ -100,9 +105,11 @@ def run(args) -> int:
             raise ValueError(f"--prompt is not valid text (lone surrogate at index {e.start}: bytes that are not UTF-8?)") from None
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
+    check_checkpoint(args.ckpt, nope_mode)
     model, tok = load(args.ckpt, device=device, dtype=dtype)
     if tok is None:
         raise ValueError(f"checkpoint '{args.ckpt}' has no tokenizer.json: cannot encode text prompts")
+    apply(model, args.nope_scale, ckpt=args.ckpt, tokenizer=tok)
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_ids=[tok.eos_id], pad_id=tok.pad_id,
               compile=args.compile)
     if rows is None:

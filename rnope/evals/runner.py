@@ -156,8 +156,15 @@ def load_predictor(
     dtype: str | torch.dtype = "auto",
     batch_size: int = 8,
     need_tokenizer: bool = True,
+    nope_scale: str | None = None,
+    save_fit: bool = False,
+    fit_kw: dict | None = None,
 ) -> "ModelPredictor":
-    """A :class:`ModelPredictor` for a checkpoint / run / Hugging Face directory."""
+    """A :class:`ModelPredictor` for a checkpoint / run / Hugging Face directory.
+
+    ``nope_scale``: ``none | llama4 | log | log:C | fitted`` applied to the loaded model's NoPE
+    layers (None: as saved); ``save_fit`` / ``fit_kw``: see :func:`rnope.nope_scale.apply`. What
+    was applied is recorded in ``info["nope_scale"]``."""
     from ..checkpoint import load, resolve
 
     dev = device if isinstance(device, torch.device) else pick_device(device)
@@ -169,6 +176,11 @@ def load_predictor(
     if need_tokenizer and tok is None:
         raise ValueError(f"checkpoint '{path}' has no tokenizer.json: text evaluations need the model's tokenizer")
     L, src = detect_train_seq_len(d, model.config.max_seq_len)
+    scale = None
+    if nope_scale is not None:
+        from ..nope_scale import apply
+
+        scale = apply(model, nope_scale, ckpt=d, tokenizer=tok, train_seq_len=L, save=save_fit, fit_kw=fit_kw)
     name = name or model_names([path])[0]
     info = {
         "path": str(Path(path).resolve()),
@@ -181,6 +193,8 @@ def load_predictor(
         "device": str(dev),
         "dtype": str(dt).replace("torch.", ""),
     }
+    if scale is not None:
+        info["nope_scale"] = scale
     return ModelPredictor(model, tok, name=name, train_seq_len=L, info=info, batch_size=batch_size)
 
 
@@ -192,15 +206,31 @@ def load_predictors(
     dtype: str = "auto",
     batch_size: int = 8,
     need_tokenizer: bool = True,
+    nope_scale: str | None = None,
+    save_fit: bool = False,
+    fit_kw: dict | None = None,
 ) -> list["ModelPredictor"]:
-    """Load every checkpoint (errors name the checkpoint; nothing is written)."""
+    """Load every checkpoint (errors name the checkpoint; nothing is written -- except, with
+    ``save_fit``, each checkpoint's fitted NoPE scale, once every checkpoint passed its checks)."""
     if not ckpts:
         raise ValueError("give at least one --ckpt")
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     labels = model_names(ckpts, names)
+    if nope_scale is not None:  # every checkpoint can take the scale, before any model loads
+        from ..nope_scale import check_checkpoint, parse_mode
+
+        mode = parse_mode(nope_scale)[0]
+        for c in ckpts:
+            check_checkpoint(c, mode)
+            if save_fit:
+                from ..checkpoint import resolve
+                from ..nope_scale import check_writable
+
+                check_writable(resolve(c))
     return [
-        load_predictor(c, n, device=dev, dtype=dt, batch_size=batch_size, need_tokenizer=need_tokenizer)
+        load_predictor(c, n, device=dev, dtype=dt, batch_size=batch_size, need_tokenizer=need_tokenizer,
+                       nope_scale=nope_scale, save_fit=save_fit, fit_kw=fit_kw)
         for c, n in zip(ckpts, labels)
     ]
 
