@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "rnope.commands.info",
     "rnope.commands.export",
     "rnope.commands.import_hf",
+    "rnope.commands.convert",
     "rnope.commands.train",
     "rnope.commands.tokenizer_cmd",
     "rnope.commands.analyze",

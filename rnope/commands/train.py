@@ -1,4 +1,5 @@
-"""``rnope train``: train a preset on a corpus (stages, checkpoints, exact resume, torchrun DDP/FSDP).
+"""``rnope train``: train a preset on a corpus (stages, checkpoints, exact resume, torchrun DDP/FSDP),
+or continue from a checkpoint's weights (``--init``, e.g. one ``rnope convert`` wrote).
 
 Everything is validated before ``--out`` is created: a bad flag, config key, preset, data path,
 sequence length, tokenizer, or a resume whose model config differs gives one line
@@ -13,7 +14,7 @@ import shutil
 from pathlib import Path
 
 NAME = "train"
-HELP = "train a model: --preset NAME --out DIR [--config run.yaml] [--resume] [--model.FIELD VALUE ...]"
+HELP = "train a model: --preset NAME (or --init CKPT) --out DIR [--config run.yaml] [--resume] [--model.FIELD VALUE ...]"
 
 # flag -> (RunConfig field, kind); every flag defaults to None so only explicit ones override
 _FLAGS = {
@@ -70,6 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distributed", choices=("auto", "none", "ddp", "fsdp"), default=None,
                    help="auto (default): ddp under torchrun with several processes")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--init", metavar="CKPT", default=None,
+                   help="start from this checkpoint's weights and model config (a checkpoint, run or Hugging Face "
+                        "directory, e.g. from `rnope convert`): step 0, a fresh optimizer; --model.FIELD overrides "
+                        "apply where the shapes stay; its tokenizer.json is used unless --tokenizer is given")
     p.set_defaults(_accepts_extra=True)
 
 
@@ -154,6 +159,11 @@ def build_plan(args):
     if args.distributed is not None:
         cli["distributed"] = args.distributed
     cli_model = model_overrides(args._extra)
+    if args.init is not None:
+        if args.resume:
+            raise ValueError("--init starts a new run from a checkpoint's weights and --resume continues the run in --out: "
+                             "give one of them")
+        cli["init"] = args.init
 
     # precedence: resumed run < --config < flags
     base: dict = {}
@@ -195,8 +205,13 @@ def build_plan(args):
         if key in file or key.startswith("stages["):
             raise ValueError(where + msg) from None
         raise
-    if run.preset is None:
+    if run.init is not None:
+        if "preset" in cli:
+            raise ValueError("--init takes the model config from the checkpoint: drop --preset (change fields with --model.FIELD)")
+        run = run.replace(preset=None)  # a preset from --config (or a stale one) does not describe the model
+    elif run.preset is None:
         raise ValueError("--preset is required (or set preset: in --config)")
+    init = _read_init(run.init) if run.init is not None and resume_from is None else None
     cache_dir = run.cache_dir or os.environ.get("RNOPE_CACHE")
     if cache_dir and Path(cache_dir).exists() and not Path(cache_dir).is_dir():
         raise ValueError(f"cache directory '{cache_dir}' (--cache-dir / RNOPE_CACHE) exists and is not a directory")
@@ -208,21 +223,46 @@ def build_plan(args):
             mine = Tokenizer.byte_level() if run.tokenizer == "byte" else Tokenizer.load(run.tokenizer)
             if mine.content_hash != tok.content_hash:
                 raise ValueError(f"cannot resume '{out}': --tokenizer {run.tokenizer} differs from the run's tokenizer.json")
+    elif init is not None and init.tokenizer is not None and not ("tokenizer" in cli or "tokenizer" in file):
+        tok = init.tokenizer  # the checkpoint's own
+        run = run.replace(tokenizer=str(init.dir / "tokenizer.json"))
     elif run.tokenizer == "byte":
         tok = Tokenizer.byte_level()
     else:
         if not Path(run.tokenizer).exists():
             raise ValueError(f"--tokenizer '{run.tokenizer}' does not exist")
         tok = Tokenizer.load(run.tokenizer)
+    if init is not None and tok is not init.tokenizer:
+        if init.tokenizer is not None and tok.content_hash != init.tokenizer.content_hash:
+            raise ValueError(f"--init '{run.init}': --tokenizer {run.tokenizer} differs from the checkpoint's tokenizer.json "
+                             "(omit --tokenizer to train with the checkpoint's)")
+        if tok.vocab_size > init.config.vocab_size:
+            raise ValueError(f"--init '{run.init}': the tokenizer has {tok.vocab_size} tokens but the checkpoint's "
+                             f"vocab_size is {init.config.vocab_size}")
     overrides = dict(run.model)
     vocab = overrides.get("vocab_size")
-    if vocab is None:
+    if vocab is None and run.init is None:
         overrides["vocab_size"] = tok.vocab_size
-    elif vocab < tok.vocab_size:
+    elif vocab is not None and vocab < tok.vocab_size:
         raise ValueError(f"vocab_size {vocab} is smaller than the tokenizer's {tok.vocab_size} tokens")
-    model = ModelConfig.from_preset(run.preset, **overrides)
+    if run.init is not None:  # the checkpoint's config (first run), or the whole config the run recorded (resume)
+        model = ModelConfig.from_dict({**(init.config.to_dict() if init is not None else {}), **overrides})
+    else:
+        model = ModelConfig.from_preset(run.preset, **overrides)
     stages = run.resolved_stages()
     models = stage_model_configs(model, stages)
+    init_notes: list[str] = []
+    if init is not None:
+        from ..convert import plan_state
+
+        try:
+            added = plan_state(init.config, models[0])
+        except ValueError as e:
+            raise ValueError(f"--init '{run.init}': {e}") from None
+        run = run.replace(init=str(init.dir.resolve()), model=model.to_dict())  # a resume rebuilds the model from run.json alone
+        init_notes.append(f"rnope: starting from the weights of {init.dir} (pattern {model.pattern}; step 0, a fresh optimizer)")
+        if added:
+            init_notes.append(f"rnope: note: {len(added)} tensor(s) the checkpoint lacks start at their fresh-init values")
 
     # data, synthetic documents, distribution
     _check_data(run.data)
@@ -245,9 +285,20 @@ def build_plan(args):
                              f"(checkpoint: {getattr(got, field)!r}, this run: {getattr(want, field)!r})")
     cache = Path(run.cache_dir or os.environ.get("RNOPE_CACHE") or out / "data")
     notes = [f"rnope: {d.name} does not verify ({why}); resuming from {resume_from.name} instead" for d, why in rejected]
-    notes += _cut_stages_note(stages, run.total_steps)
+    notes += _cut_stages_note(stages, run.total_steps) + init_notes
     return Plan(run=run, out=out, stages=stages, models=models, tokenizer=tok, mode=mode, cache_dir=cache,
-                resume_from=resume_from, rejected=tuple(d for d, _ in rejected), run_info=_run_info(), notes=tuple(notes))
+                resume_from=resume_from, rejected=tuple(d for d, _ in rejected), run_info=_run_info(), notes=tuple(notes),
+                init_from=None if init is None else init.dir)
+
+
+def _read_init(path: str):
+    """The ``--init`` checkpoint's config and tokenizer (:func:`rnope.convert.read_source`); no weights read."""
+    from ..convert import read_source
+
+    try:
+        return read_source(path)
+    except ValueError as e:
+        raise ValueError(f"--init: {e}") from None
 
 
 def _cut_stages_note(stages, total: int) -> list[str]:

@@ -49,6 +49,7 @@ class Plan:
     rejected: tuple[Path, ...] = ()  # newer checkpoints that do not verify: set aside as step_N.corrupt at the start
     notes: tuple[str, ...] = ()  # one line each, printed when training starts
     run_info: dict = field(default_factory=dict)  # versions, git, hardware: recorded in run.json
+    init_from: Path | None = None  # a new run starts from this checkpoint's weights (``--init``); optimizer fresh
 
 
 class _NonFinite(Exception):
@@ -266,6 +267,8 @@ def _train(plan: Plan, d: dist_.Dist) -> int:
         msd, osd, saved, rng = state_.read_checkpoint(plan.resume_from)
         st.update({k: saved[k] for k in st if k in saved})
         state_.set_rng_state(rng, saved["rng"])
+    elif plan.init_from is not None:
+        msd = _init_state(plan.init_from, plan.models[0])
     start, stage_i = st["step"], st["stage"]
     raw, fwd, optim = _build(plan.models[stage_i], run, d, msd, osd)
     del msd, osd
@@ -404,6 +407,15 @@ def _train(plan: Plan, d: dist_.Dist) -> int:
         bar.close()
         metrics.close()
     return code
+
+
+def _init_state(path: Path, cfg: ModelConfig) -> dict:
+    """The weights of checkpoint ``path`` for a model of ``cfg`` (tensors ``cfg`` adds at their init values)."""
+    from ..checkpoint import load
+    from ..convert import carry_state
+
+    model, _ = load(path)
+    return carry_state(model.state_dict(), model.config, cfg)
 
 
 def _describe(stage: Stage, cfg: ModelConfig) -> str:

@@ -132,6 +132,9 @@ class RunConfig:
 
     preset: str | None = None
     model: dict = field(default_factory=dict)  # ModelConfig overrides
+    # a checkpoint whose weights the run starts from (``--init``); its config replaces the preset and,
+    # once the run is planned, ``model`` holds the whole resolved ModelConfig (so a resume needs neither)
+    init: str | None = None
     data: str = "builtin"
     tokenizer: str = "byte"  # "byte" or a tokenizer.json path
     cache_dir: str | None = None  # token shard cache (default: $RNOPE_CACHE or OUT/data)
@@ -194,6 +197,8 @@ class RunConfig:
         _check(w, "val_fraction", self.val_fraction, "number", 0, 0.5, lo_open=True)
         if self.distributed not in DISTRIBUTED:
             raise ValueError(f"{w}distributed must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
+        if self.init is not None and (not isinstance(self.init, str) or not self.init):
+            raise ValueError(f"{w}init must be a checkpoint path, got {self.init!r}")
         if not isinstance(self.data, str) or not self.data:
             raise ValueError(f"{w}data must be a non-empty string, got {self.data!r}")
         if not isinstance(self.model, dict):
