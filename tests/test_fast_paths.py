@@ -2,7 +2,6 @@
 the static / compiled decoder, last-position logits, FlexAttention masks, the GPU check's dry run
 and the benchmark's accounting."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -24,10 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench_module():
-    spec = importlib.util.spec_from_file_location("rnope_bench_under_test", ROOT / "benchmarks" / "bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    import rnope.bench
+
+    return rnope.bench
 
 
 # ------------------------------------------------------------------------------------ decode kernel

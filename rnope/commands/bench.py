@@ -1,29 +1,18 @@
 """``rnope bench [--quick] --out DIR`` (writes ``DIR/bench.json``): training, prefill/decode, KV-cache and sliding-kernel
-figures vs transformers, measured in one run (``benchmarks/bench.py`` does the work)."""
+figures vs transformers, measured in one run (:mod:`rnope.bench` does the work)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 NAME = "bench"
 HELP = "benchmark training, prefill/decode, KV cache and the sliding kernel against transformers (JSON out)"
 
 
 def _module():
-    """``benchmarks/bench.py`` of this source tree (benchmarks are not part of the installed package)."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench.py"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: rnope bench needs a source checkout (pip install -e .)")
-    if "rnope_benchmarks_bench" in sys.modules:
-        return sys.modules["rnope_benchmarks_bench"]
-    spec = importlib.util.spec_from_file_location("rnope_benchmarks_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    from .. import bench
+
+    return bench
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,654 @@
+"""``rnope bench``: the efficiency figures of benchmarks/RESULTS.md, each next to its baseline, from one run.
+
+    rnope bench [--quick] --out DIR        (writes DIR/bench.json; or: python benchmarks/bench.py ...)
+
+Shape (≈7M parameters): 8 layers, d_model 256, 4 heads, 2 KV heads, d_ff 768, window 128, vocab
+4096; presets ``rnope-swa`` (SSSN) and ``rope`` (R). The baseline of every rnope figure is the same
+model in transformers — ``Cohere2ForCausalLM`` for rnope-swa, ``CohereForCausalLM`` for rope (what
+``rnope export`` writes) — with the same weights, measured in the same run, interleaved with rnope
+(one repetition of each in turn), so a busy shared machine slows both alike. Medians are reported.
+
+1. **train**: tokens/s and MFU of a training step (forward, fp32 cross-entropy, backward, clip,
+   AdamW) at B×T = 8×512: rnope eager / compiled vs transformers eager / compiled, same batch,
+   same optimizer. ``MFU = (6·N + attention FLOPs) · tokens / time / peak`` with ``N`` the matmul
+   parameters and attention counted over the keys a query can see (a perfect kernel's work); the
+   peak is the best fp32 ``torch.mm`` (2048³) measured between the rounds of this run.
+2. **inference**: prefill seconds at 2k / 8k / 32k tokens (rnope: ``rnope.generate.prefill``, last
+   logits only; transformers: ``model(ids, use_cache=True, logits_to_keep=1)``) and decode
+   tokens/s after those prompts, each library's own greedy ``generate`` with the same number of new
+   tokens, timed from the first new token to the last (streamer / callback time stamps). rnope's
+   decode is the compiled static-shape step (:mod:`rnope.fast`) and, for reference, the eager one.
+3. **kv_cache**: bytes of rnope's hybrid cache at each length vs the paper's
+   ``0.25 + 0.75·W/L`` of a full-attention cache (rnope-swa; 1 for rope), and transformers' cache
+   after its prefill.
+4. **sliding**: the blockwise sliding kernel's t(16k)/t(8k) (linear = 2) and prefill at 16k,
+   rnope-swa vs rope.
+
+``--quick`` drops 32k, times fewer rounds and decodes fewer tokens. The JSON holds every figure,
+its baseline, the ratio, the machine (CPU, threads, load average, versions, git SHA) and a
+``targets`` table; :func:`markdown` renders the summary used in ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+SHAPE = dict(vocab_size=4096, n_layer=8, d_model=256, n_head=4, n_kv_head=2, d_ff=768, window=128)
+PRESETS = ("rnope-swa", "rope")
+HF_CLASS = {"rnope-swa": "Cohere2ForCausalLM", "rope": "CohereForCausalLM"}
+
+# targets; each row of the JSON "targets" table says met or not
+TARGET_TRAIN_VS_HF = 2.5
+TARGET_MFU = 0.55
+TARGET_DECODE_VS_HF = 4.0
+TARGET_PREFILL_16K = 0.4
+TARGET_KV_TOL = 0.02
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- machine
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    try:
+        import transformers
+
+        tf = transformers.__version__
+    except ImportError:
+        tf = None
+    from .provenance import git_commit
+
+    sha = git_commit()
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": tf,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "git_sha": sha,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+    }
+
+
+def matmul_peak(n: int = 2048, reps: int = 3) -> float:
+    """Best fp32 ``torch.mm`` FLOP/s of ``reps`` n³ products (the MFU denominator)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def interleaved(fns: dict[str, Callable[[], float | None]], rounds: int, between: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Call every fn once per round, in turn; each returns its own seconds (None: time the call)."""
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            r = fn()
+            out[k].append(r if isinstance(r, float) else time.perf_counter() - t)
+        if between is not None:
+            between()
+    return out
+
+
+def med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+# ---------------------------------------------------------------------------------------------- models
+def config(preset: str, max_seq_len: int = 512, **overrides):
+    from rnope import ModelConfig
+
+    return ModelConfig.from_preset(preset, **{**SHAPE, "max_seq_len": max_seq_len, **overrides})
+
+
+def rnope_model(preset: str, max_seq_len: int, seed: int = 0):
+    from rnope import Transformer
+
+    torch.manual_seed(seed)
+    return Transformer(config(preset, max_seq_len))
+
+
+def hf_twin(model, attn: str = "sdpa"):
+    """The transformers model ``rnope export`` maps ``model`` to, with the same weights (None if
+    transformers is missing)."""
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError:
+        return None
+    from rnope.interop.hf import hf_key
+    from rnope.interop.hf_config import to_hf_config
+
+    d = to_hf_config(model.config)
+    model_type = d.pop("model_type")
+    d = {k: v for k, v in d.items() if k not in ("rnope", "architectures", "dtype")}
+    hc = AutoConfig.for_model(model_type, **d)
+    hf = AutoModelForCausalLM.from_config(hc, attn_implementation=attn, dtype=torch.float32)
+    res = hf.load_state_dict({hf_key(k): v for k, v in model.state_dict().items()}, strict=False)
+    extra = [k for k in res.missing_keys if not (k == "lm_head.weight" and model.config.tie_embeddings)]
+    if extra or res.unexpected_keys:
+        raise RuntimeError(f"weight mapping to transformers failed: missing {extra}, unexpected {res.unexpected_keys}")
+    if model.config.tie_embeddings:
+        hf.tie_weights()
+    return hf
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train_flops_per_token(cfg, T: int) -> tuple[float, int]:
+    """(training FLOPs per token, matmul parameters N): 6·N + attention over the visible keys."""
+    d, hd = cfg.d_model, cfg.head_dim
+    per_layer = d * cfg.n_head * hd * 2 + d * cfg.n_kv_head * hd * 2 + 3 * d * cfg.d_ff
+    n = cfg.n_layer * per_layer + cfg.vocab_size * d
+    attn = 0.0
+    for spec in cfg.layers:
+        keys = sum(min(t + 1, spec.window) for t in range(T)) / T if spec.span == "sliding" else (T + 1) / 2
+        attn += 12 * cfg.n_head * hd * keys  # QKᵀ and AV: 2·2 FLOPs per key per dim forward, ×3 with backward
+    return 6 * n + attn, n
+
+
+def make_optimizer(model: torch.nn.Module, fused: bool | None) -> torch.optim.Optimizer:
+    """AdamW as ``rnope train`` builds it: weight decay on matrices only."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}]
+    kw = {} if fused is None else {"fused": fused}
+    return torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), eps=1e-8, **kw)
+
+
+class TrainStep:
+    """One variant: model + optimizer + a fixed batch; ``step()`` returns its seconds.
+
+    ``call(x, y)`` returns the loss, so a compiled variant compiles its loss too: rnope's
+    ``model(x, targets=y)``, as ``rnope train`` runs it, and for transformers the same fp32
+    cross-entropy of its logits inside the compiled function (the same work in both graphs)."""
+
+    def __init__(self, model, call, *, batch: int, T: int, vocab: int, compile: bool, fused: bool | None):
+        self.model = model.train()
+        self.fwd = torch.compile(call, dynamic=False) if compile else call
+        self.opt = make_optimizer(model, fused)
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randint(3, vocab, (batch, T + 1), generator=g)
+        self.losses: list[float] = []
+
+    def step(self) -> float:
+        t = time.perf_counter()
+        loss = self.fwd(self.x[:, :-1], self.x[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t
+        self.losses.append(float(loss.detach()))
+        return dt
+
+
+def bench_train(preset: str, *, batch: int, T: int, rounds: int, compile: bool, hf: bool, fused: bool | None, peaks: list[float]) -> dict:
+    cfg = config(preset, T)
+    fpt, n_mm = train_flops_per_token(cfg, T)
+    variants: dict[str, TrainStep] = {}
+    for name in ["rnope_eager", "rnope_compiled", "hf_eager", "hf_compiled"]:
+        comp = name.endswith("compiled")
+        if comp and not compile or name.startswith("hf") and not hf:
+            continue
+        m = rnope_model(preset, T)
+        if name.startswith("hf"):
+            m = hf_twin(m)
+            if m is None:
+                continue
+            call = lambda x, y, m=m: F.cross_entropy(m(input_ids=x).logits.float().flatten(0, 1), y.flatten())  # noqa: E731
+        else:
+            call = lambda x, y, m=m: m(x, targets=y)  # noqa: E731
+        v = TrainStep(m, call, batch=batch, T=T, vocab=cfg.vocab_size, compile=comp, fused=fused)
+        try:
+            t = time.perf_counter()
+            v.step()  # compiles
+            v.first_s = time.perf_counter() - t
+            v.step()
+        except Exception as e:  # e.g. no C++ compiler for inductor
+            log(f"train {preset} {name}: failed ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            continue
+        variants[name] = v
+        log(f"train {preset} {name}: ready (first step {v.first_s:.1f}s)")
+    times = interleaved({k: v.step for k, v in variants.items()}, rounds, between=lambda: peaks.append(matmul_peak()))
+    tokens = batch * T
+    rows = {}
+    for k, ts in times.items():
+        dt = med(ts)
+        rows[k] = {"step_s": dt, "step_s_all": ts, "first_step_s": variants[k].first_s, "tok_per_s": tokens / dt,
+                   "gflop_per_s": fpt * tokens / dt / 1e9, "loss_first": variants[k].losses[0]}
+    # same weights, same batch: rnope and transformers start from the same loss
+    best = lambda pre: max((r for k, r in rows.items() if k.startswith(pre)), key=lambda r: r["tok_per_s"], default=None)  # noqa: E731
+    out = {"batch": batch, "seq_len": T, "tokens_per_step": tokens, "flops_per_token": fpt, "matmul_params": n_mm,
+           "params": sum(p.numel() for p in variants[next(iter(variants))].model.parameters()) if variants else None,
+           "variants": rows}
+    rb, hb = best("rnope"), best("hf")
+    if rb and hb:
+        out["best_rnope_tok_per_s"], out["best_hf_tok_per_s"] = rb["tok_per_s"], hb["tok_per_s"]
+        out["speedup_best_vs_best"] = rb["tok_per_s"] / hb["tok_per_s"]
+    for a, b in (("rnope_eager", "hf_eager"), ("rnope_compiled", "hf_compiled")):
+        if a in rows and b in rows:
+            out[f"speedup_{a.split('_')[1]}"] = rows[a]["tok_per_s"] / rows[b]["tok_per_s"]
+    del variants
+    gc.collect()
+    return out
+
+
+def finish_mfu(train: dict, peak: float) -> None:
+    for res in train.values():
+        for r in res["variants"].values():
+            r["mfu"] = r["gflop_per_s"] * 1e9 / peak
+
+
+# ---------------------------------------------------------------------------------------------- inference
+class _Stamps:
+    """transformers streamer / rnope callback: the time each new token arrives."""
+
+    def __init__(self):
+        self.t: list[float] = []
+
+    def put(self, value):  # transformers calls put(prompt) first, then put(new tokens) per step
+        self.t.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+    def __call__(self, step, tokens):
+        self.t.append(time.perf_counter())
+
+
+def _decode_rate(stamps: list[float], n_new: int) -> float:
+    """Tokens/s from the first new token to the last (prefill excluded)."""
+    return (n_new - 1) / (stamps[-1] - stamps[-n_new])
+
+
+def bench_inference(preset: str, lengths: list[int], new_tokens: int, rounds: int, *, hf: bool, compile: bool) -> dict:
+    from rnope.generate import generate, prefill
+
+    L_max = max(lengths) + new_tokens + 1
+    model = rnope_model(preset, L_max).eval()
+    twin = hf_twin(model) if hf else None
+    if twin is not None:
+        twin.eval()
+        from transformers import GenerationConfig
+
+        gcfg = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                                eos_token_id=None, bos_token_id=None)
+    out: dict = {}
+    for L in lengths:
+        prompt = torch.randint(3, model.config.vocab_size, (1, L), generator=torch.Generator().manual_seed(L))
+        ids = prompt.tolist()
+        res: dict = {"prompt_tokens": L, "new_tokens": new_tokens}
+        fns: dict[str, Callable] = {}
+        gen: dict[str, list] = {}
+
+        def rn_prefill():
+            cache = model.new_cache(1, L + 1)
+            with torch.inference_mode():
+                t = time.perf_counter()
+                prefill(model, ids, cache)
+                return time.perf_counter() - t
+
+        def rn_generate(comp: bool, key: str):
+            def run():
+                s = _Stamps()
+                gen[key] = generate(model, ids, new_tokens, callback=s, compile=comp)[0]
+                return 1.0 / _decode_rate(s.t, new_tokens)  # seconds per token
+            return run
+
+        fns["rnope_prefill"] = rn_prefill
+        fns["floor"] = weight_stream_fn(model)
+        if twin is not None:
+            def hf_prefill():
+                with torch.inference_mode():
+                    t = time.perf_counter()
+                    twin(prompt, use_cache=True, logits_to_keep=1)
+                    return time.perf_counter() - t
+
+            def hf_generate():
+                s = _Stamps()
+                with torch.inference_mode():
+                    o = twin.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=gcfg, streamer=s)
+                gen["hf"] = o[0, L:].tolist()
+                return 1.0 / _decode_rate(s.t, new_tokens)
+
+            fns["hf_prefill"] = hf_prefill
+        fns["rnope_decode_eager"] = rn_generate(False, "rnope_eager")
+        if compile:
+            fns["rnope_decode_compiled"] = rn_generate(True, "rnope_compiled")
+        if twin is not None:
+            fns["hf_decode"] = hf_generate
+        try:
+            if compile:  # compile the step for this cache length before timing
+                t = time.perf_counter()
+                fns["rnope_decode_compiled"]()
+                res["compile_s"] = time.perf_counter() - t
+            times = interleaved(fns, rounds)
+        except (RuntimeError, MemoryError) as e:
+            log(f"inference {preset} L={L}: failed ({e.__class__.__name__}: {str(e).splitlines()[0]})")
+            res["error"] = f"{e.__class__.__name__}: {str(e).splitlines()[0]}"
+            out[str(L)] = res
+            continue
+        res["decode_floor_tok_per_s"] = 1.0 / med(times.pop("floor"))
+        res["prefill_s"] = {k.split("_")[0]: med(v) for k, v in times.items() if k.endswith("prefill")}
+        res["decode_tok_per_s"] = {k.replace("_decode", ""): 1.0 / med(v) for k, v in times.items() if "decode" in k}
+        res["raw_s"] = times
+        if "hf" in res["prefill_s"]:
+            res["prefill_speedup_vs_hf"] = res["prefill_s"]["hf"] / res["prefill_s"]["rnope"]
+        dec = res["decode_tok_per_s"]
+        if "hf" in dec:
+            best = max(v for k, v in dec.items() if k.startswith("rnope"))
+            res["decode_speedup_vs_hf"] = best / dec["hf"]
+            res["decode_speedup_eager_vs_hf"] = dec["rnope_eager"] / dec["hf"]
+            res["hf_max_possible_speedup"] = res["decode_floor_tok_per_s"] / dec["hf"]  # if rnope did only the weight reads
+        if "hf" in gen:  # same weights, greedy: the same tokens (fp32 ties aside)
+            res["same_tokens_as_hf"] = gen["hf"] == gen.get("rnope_eager")
+        if "rnope_compiled" in gen:  # the compiled step (matvec layouts on CPU) decodes the same tokens
+            res["same_tokens_compiled_as_eager"] = gen["rnope_compiled"] == gen.get("rnope_eager")
+        log(f"inference {preset} L={L}: prefill {res['prefill_s']}, decode tok/s {({k: round(v, 1) for k, v in dec.items()})}")
+        out[str(L)] = res
+        gc.collect()
+    return out
+
+
+def weight_stream_fn(model) -> Callable[[], float]:
+    """The unavoidable work of one B=1 decode step: reading every weight matrix once, in model order
+    (a plain ``sum`` per matrix, which streams at memory bandwidth; one row times each matrix through
+    BLAS reads them ~3x slower here and was the floor before the compiled step beat it). Returns
+    seconds per step."""
+    mats = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)] + [model.embed_tokens.weight]
+
+    def run():
+        with torch.inference_mode():
+            t = time.perf_counter()
+            for w in mats:
+                w.sum()
+            return time.perf_counter() - t
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------- KV cache
+def bench_kv(lengths: list[int], hf: bool) -> dict:
+    out: dict = {}
+    for preset in PRESETS:
+        model = rnope_model(preset, max(lengths))
+        cfg = model.config
+        per_pos = cfg.n_kv_head * cfg.head_dim * 2 * 4  # K and V, fp32
+        twin = hf_twin(model).eval() if hf else None
+        rows = {}
+        for L in lengths:
+            cache = model.new_cache(1, L)
+            full = cfg.n_layer * L * per_pos
+            W = cfg.window
+            theory = (0.25 + 0.75 * W / L) if preset == "rnope-swa" and L >= W else 1.0
+            row = {"bytes": cache.nbytes, "full_attention_bytes": full, "fraction": cache.nbytes / full, "theory": theory,
+                   "rel_error": cache.nbytes / (theory * full) - 1.0}
+            if twin is not None and L <= 8192:  # transformers' cache after its prefill
+                with torch.inference_mode():
+                    pkv = twin(torch.randint(3, cfg.vocab_size, (1, L)), use_cache=True, logits_to_keep=1).past_key_values
+                row["hf_bytes"] = _hf_cache_bytes(pkv)
+            rows[str(L)] = row
+            del cache
+        out[preset] = rows
+    return out
+
+
+def _hf_cache_bytes(pkv) -> int | None:
+    total = 0
+    layers = getattr(pkv, "layers", None)
+    if layers is None:
+        return None
+    for layer in layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if isinstance(t, torch.Tensor):
+                total += t.nbytes
+    return total
+
+
+# ---------------------------------------------------------------------------------------------- sliding
+def bench_sliding(rounds: int) -> dict:
+    from rnope.generate import prefill
+    from rnope.kernels import sdpa
+
+    cfg = config("rnope-swa", 16384)
+    H, Hkv, D, W = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.window
+    g = torch.Generator().manual_seed(0)
+    qkv = {T: (torch.randn(1, H, T, D, generator=g), torch.randn(1, Hkv, T, D, generator=g), torch.randn(1, Hkv, T, D, generator=g))
+           for T in (8192, 16384)}
+    with torch.inference_mode():
+        fns = {f"kernel_{T}": (lambda T=T: sdpa.sliding(*qkv[T], W)) for T in qkv}
+        for f in fns.values():
+            f()
+        kt = interleaved(fns, max(rounds, 5))
+    out = {"window": W, "kernel_8k_s": med(kt["kernel_8192"]), "kernel_16k_s": med(kt["kernel_16384"])}
+    out["kernel_t16k_over_t8k"] = out["kernel_16k_s"] / out["kernel_8k_s"]
+    models = {p: rnope_model(p, 16384).eval() for p in PRESETS}
+    ids = torch.randint(3, cfg.vocab_size, (1, 16384), generator=g).tolist()
+
+    def pre(p):
+        def run():
+            cache = models[p].new_cache(1, 16384)
+            with torch.inference_mode():
+                t = time.perf_counter()
+                prefill(models[p], ids, cache)
+                return time.perf_counter() - t
+        return run
+
+    pt = interleaved({p: pre(p) for p in PRESETS}, rounds)
+    out["prefill_16k_s"] = {p: med(v) for p, v in pt.items()}
+    out["prefill_16k_s_all"] = pt
+    out["prefill_16k_swa_over_rope"] = out["prefill_16k_s"]["rnope-swa"] / out["prefill_16k_s"]["rope"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- run
+def targets(res: dict) -> list[dict]:
+    rows = []
+
+    def add(name, target, measured, baseline, met, note=""):
+        rows.append({"target": name, "goal": target, "measured": measured, "baseline": baseline, "met": bool(met), "note": note})
+
+    for p, tr in res.get("train", {}).items():
+        if "@T" in p:
+            p = f"{p.split('@')[0]} at B×T {tr['batch']}×{tr['seq_len']} (informational: the targets are at 8×512)"
+        if "speedup_best_vs_best" in tr:
+            add(f"train {p}: best rnope / best transformers tok/s", f">= {TARGET_TRAIN_VS_HF}x", tr["best_rnope_tok_per_s"],
+                tr["best_hf_tok_per_s"], tr["speedup_best_vs_best"] >= TARGET_TRAIN_VS_HF, f"{tr['speedup_best_vs_best']:.2f}x")
+        best = max(tr["variants"].items(), key=lambda kv: kv[1]["mfu"] if kv[0].startswith("rnope") else -1)
+        add(f"train {p}: MFU of {best[0]}", f">= {TARGET_MFU:.0%} of fp32 mm peak", best[1]["mfu"], res["peak_flops"],
+            best[1]["mfu"] >= TARGET_MFU, f"{best[1]['mfu']:.1%}")
+    for p, inf in res.get("inference", {}).items():
+        r = inf.get("2048", {})
+        if "decode_speedup_vs_hf" in r:
+            dec = r["decode_tok_per_s"]
+            best = max(v for k, v in dec.items() if k.startswith("rnope"))
+            add(f"decode {p} after 2k prompt: rnope / transformers generate() tok/s", f">= {TARGET_DECODE_VS_HF}x", best, dec["hf"],
+                r["decode_speedup_vs_hf"] >= TARGET_DECODE_VS_HF, f"{r['decode_speedup_vs_hf']:.2f}x")
+    sl = res.get("sliding")
+    if sl:
+        add("prefill 16k: rnope-swa / rope time", f"<= {TARGET_PREFILL_16K}", sl["prefill_16k_s"]["rnope-swa"], sl["prefill_16k_s"]["rope"],
+            sl["prefill_16k_swa_over_rope"] <= TARGET_PREFILL_16K, f"{sl['prefill_16k_swa_over_rope']:.3f}")
+        add("sliding kernel t(16k)/t(8k)", "~2 (linear)", sl["kernel_16k_s"], sl["kernel_8k_s"], sl["kernel_t16k_over_t8k"] <= 2.3,
+            f"{sl['kernel_t16k_over_t8k']:.2f}")
+    kv = res.get("kv_cache", {}).get("rnope-swa")
+    if kv:
+        worst = max(abs(r["rel_error"]) for r in kv.values())
+        add("KV bytes rnope-swa vs 0.25 + 0.75·W/L", f"within ±{TARGET_KV_TOL:.0%}", worst, 0.0, worst <= TARGET_KV_TOL,
+            f"worst |error| {worst:.2%}")
+    return rows
+
+
+def run(quick: bool = False, *, out: str | None = None, parts: tuple[str, ...] = ("train", "inference", "kv", "sliding"),
+        hf: bool = True, compile: bool = True, threads: int | None = None, fused_adamw: bool | None = None,
+        rounds: int | None = None, lengths: list[int] | None = None) -> dict:
+    """Run the benchmark; returns (and writes to ``out``) the result dict."""
+    if threads:
+        torch.set_num_threads(threads)
+    if hf:
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            log("transformers is not installed: no baselines")
+            hf = False
+    if compile:
+        from rnope.fast import compile_available
+
+        if not compile_available():
+            log("torch.compile is not available here (no C++ compiler): eager only")
+            compile = False
+        import torch._dynamo as dynamo
+
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+    rounds = rounds or (3 if quick else 5)
+    lengths = lengths or ([2048, 8192] if quick else [2048, 8192, 32768])
+    new_tokens = 32 if quick else 64
+    t0 = time.perf_counter()
+    res: dict = {"machine": machine_info(), "quick": quick, "shape": SHAPE, "presets": list(PRESETS), "hf_classes": HF_CLASS,
+                 "rounds": rounds, "optimizer": f"AdamW(wd 0.1 on matrices, fused={fused_adamw})"}
+    peaks = [matmul_peak()]
+
+    def checkpoint():  # a partial result survives a crash or a kill later in the run
+        if out:
+            Path(out).write_text(json.dumps({**res, "partial": True}, indent=2, default=float))
+
+    if "train" in parts:
+        res["train"] = {}
+        for p in PRESETS:
+            log(f"train {p}")
+            res["train"][p] = bench_train(p, batch=8, T=512, rounds=rounds, compile=compile, hf=hf, fused=fused_adamw, peaks=peaks)
+        if not quick:  # long-context training, where the sliding layers' O(T·W) shows (same tokens per step)
+            log("train rnope-swa at T=4096")
+            res["train"]["rnope-swa@T4096"] = bench_train("rnope-swa", batch=1, T=4096, rounds=max(2, rounds - 2), compile=compile,
+                                                          hf=hf, fused=fused_adamw, peaks=peaks)
+    res["peak_flops"] = max(peaks)
+    res["peak_flops_samples"] = peaks
+    if "train" in res:
+        finish_mfu(res["train"], res["peak_flops"])
+        checkpoint()
+    if "inference" in parts:
+        res["inference"] = {}
+        for p in PRESETS:
+            log(f"inference {p}")
+            res["inference"][p] = bench_inference(p, lengths, new_tokens, max(2, rounds - 1 if quick else rounds - 2), hf=hf,
+                                                  compile=compile)
+            checkpoint()
+    if "kv" in parts:
+        res["kv_cache"] = bench_kv(lengths + ([16384] if 16384 not in lengths else []), hf)
+    if "sliding" in parts:
+        log("sliding")
+        res["sliding"] = bench_sliding(rounds)
+    res["targets"] = targets(res)
+    res["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    res["wall_s"] = time.perf_counter() - t0
+    if out:
+        Path(out).write_text(json.dumps(res, indent=2, default=float))
+    return res
+
+
+def markdown(res: dict) -> str:
+    """A Markdown summary of a result (the tables in RESULTS.md)."""
+    m = res["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, transformers {m['transformers']}, "
+             f"load average {m['load_average'][0]:.1f} → {m.get('load_average_end', [0])[0]:.1f}; "
+             f"fp32 mm peak {res.get('peak_flops', 0) / 1e9:.1f} GFLOP/s (best of {len(res.get('peak_flops_samples', []))})", ""]
+    lines += ["| target | goal | measured | baseline | result | met |", "|---|---|---|---|---|---|"]
+    for t in res.get("targets", []):
+        fmt = lambda x: f"{x:.4g}" if isinstance(x, float) else str(x)  # noqa: E731
+        lines.append(f"| {t['target']} | {t['goal']} | {fmt(t['measured'])} | {fmt(t['baseline'])} | {t['note']} | {'yes' if t['met'] else '**no**'} |")
+    for p, tr in res.get("train", {}).items():
+        lines += ["", f"Training {p}, B×T = {tr['batch']}×{tr['seq_len']}:", "",
+                  "| variant | step s (median) | tok/s | MFU |", "|---|---|---|---|"]
+        for k, r in tr["variants"].items():
+            lines.append(f"| {k} | {r['step_s']:.3f} | {r['tok_per_s']:.0f} | {r['mfu']:.1%} |")
+    for p, inf in res.get("inference", {}).items():
+        lines += ["", f"Inference {p} (B=1):", "",
+                  "| prompt | prefill rnope s | prefill HF s | × | decode tok/s rnope compiled / eager | HF generate tok/s | × (best) "
+                  "| weight-read floor tok/s (max × possible) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for L, r in inf.items():
+            if "error" in r:
+                lines.append(f"| {L} | {r['error']} ||||||")
+                continue
+            ps, dec = r["prefill_s"], r["decode_tok_per_s"]
+            lines.append(f"| {L} | {ps['rnope']:.3f} | {ps.get('hf', float('nan')):.3f} | {r.get('prefill_speedup_vs_hf', float('nan')):.2f} | "
+                         f"{dec.get('rnope_compiled', float('nan')):.1f} / {dec['rnope_eager']:.1f} | {dec.get('hf', float('nan')):.1f} | "
+                         f"{r.get('decode_speedup_vs_hf', float('nan')):.2f} | {r['decode_floor_tok_per_s']:.1f} "
+                         f"({r.get('hf_max_possible_speedup', float('nan')):.2f}) |")
+    kv = res.get("kv_cache")
+    if kv:
+        lines += ["", "KV cache (B=1, fp32):", "", "| preset | L | bytes | fraction of full | theory | error | HF bytes |", "|---|---|---|---|---|---|---|"]
+        for p, rows in kv.items():
+            for L, r in rows.items():
+                lines.append(f"| {p} | {L} | {r['bytes']:,} | {r['fraction']:.4f} | {r['theory']:.4f} | {r['rel_error']:+.2%} | "
+                             f"{r.get('hf_bytes') or '-':,} |" if r.get("hf_bytes") else
+                             f"| {p} | {L} | {r['bytes']:,} | {r['fraction']:.4f} | {r['theory']:.4f} | {r['rel_error']:+.2%} | - |")
+    sl = res.get("sliding")
+    if sl:
+        lines += ["", f"Sliding kernel (W={sl['window']}): t(8k) {sl['kernel_8k_s'] * 1e3:.1f} ms, t(16k) {sl['kernel_16k_s'] * 1e3:.1f} ms, "
+                  f"ratio {sl['kernel_t16k_over_t8k']:.2f}; prefill 16k rnope-swa {sl['prefill_16k_s']['rnope-swa']:.2f} s vs rope "
+                  f"{sl['prefill_16k_s']['rope']:.2f} s = {sl['prefill_16k_swa_over_rope']:.3f}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``rnope bench ARGS`` (the same arguments, checks and output directory)."""
+    from .cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_args(a) -> int:
+    parts, fused, lengths = check_args(a)
+    res = run(a.quick, out=a.out, parts=parts, hf=not a.no_hf, compile=not a.no_compile, threads=a.threads, fused_adamw=fused,
+              rounds=a.rounds, lengths=lengths)
+    print(markdown(res))
+    return 0
+
+
+def check_args(a):
+    """(parts, fused AdamW choice, lengths) of parsed arguments; ValueError naming a bad one."""
+    parts = tuple(p.strip() for p in a.only.split(",") if p.strip())
+    unknown = set(parts) - {"train", "inference", "kv", "sliding"}
+    if unknown:
+        raise ValueError(f"--only: unknown part {sorted(unknown)[0]!r} (known: train, inference, kv, sliding)")
+    fused = {"default": None, "fused": True, "unfused": False}[a.fused_adamw]
+    try:
+        lengths = [int(x) for x in a.lengths.split(",")] if getattr(a, "lengths", None) else None
+    except ValueError:
+        raise ValueError(f"--lengths must be comma-separated integers, got {a.lengths!r}") from None
+    if lengths and min(lengths) < 1:
+        raise ValueError(f"--lengths must be positive, got {a.lengths!r}")
+    return parts, fused, lengths
+
+
+if __name__ == "__main__":
+    sys.exit(main())
