@@ -108,6 +108,7 @@ class ModelConfig:
     block: str = "parallel"
     norm: str = "layernorm"
     rope_layout: str = "interleaved"
+    qkv_bias: bool = False  # biases on the q/k/v projections, none on o_proj (Qwen2)
     # positional-scheme relatives (issue: RoPE extensions, iRoPE, NoPE temperature)
     rope_scaling: str = "none"
     rope_factor: float = 1.0
@@ -156,6 +157,8 @@ class ModelConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not isinstance(self.qkv_bias, bool):
+            raise ValueError(f"qkv_bias must be true or false, got {self.qkv_bias!r}")
         for name in ("rope_original_len",):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -240,6 +243,7 @@ class ModelConfig:
         """Parameter count (tied embeddings counted once) computed from the shapes alone."""
         d, hd = self.d_model, self.head_dim
         attn = d * self.n_head * hd * 2 + d * self.n_kv_head * hd * 2
+        attn += (self.n_head + 2 * self.n_kv_head) * hd if self.qkv_bias else 0
         mlp = 3 * d * self.d_ff
         per_layer = attn + mlp + d * (2 if self.block == "sequential" else 1)  # norm weights
         qk = sum((self.n_head + self.n_kv_head) * hd for s in self.layers if s.qk_norm)  # per-head weights (HF cohere)

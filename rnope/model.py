@@ -118,9 +118,10 @@ class Attention(nn.Module):
         self.spec, self.layer_idx = spec, layer_idx
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         d = config.d_model
-        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
+        bias = config.qkv_bias  # Qwen2: q/k/v biases, none on o_proj
+        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
         self.layout = config.rope_layout
         if spec.qk_norm:  # QK-Norm baseline: LayerNorm over head_dim before the rotation (HF cohere)
@@ -143,6 +144,8 @@ class Attention(nn.Module):
         if dec is not None and dec[0] is not None:  # decode layout (rnope.fast): one product for q, k, v
             nq, nk = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
             q, k, v = ctx.linear(x, dec[0]).split((nq, nk, nk), dim=-1)
+            if self.q_proj.bias is not None:  # the concatenated layout holds the weights only
+                q, k, v = q + self.q_proj.bias, k + self.k_proj.bias, v + self.v_proj.bias
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.view(B, T, self.n_head, self.head_dim)
@@ -412,6 +415,8 @@ def init_weights(model: Transformer) -> None:
     for name, p in model.named_parameters():
         if name.endswith("norm.weight") or "layernorm" in name:
             nn.init.ones_(p)
+        elif name.endswith(".bias"):
+            nn.init.zeros_(p)
         elif name.endswith("ssmax_scale"):
             nn.init.constant_(p, 1.0 / math.log(max(cfg.max_seq_len, 3)))
         elif name.endswith(("o_proj.weight", "down_proj.weight")):

@@ -179,8 +179,9 @@ def check_config(
             refuse("d_ff", config.d_ff, mlp[1][1], f"{mlp[3].name} holds", mlp[2])
         # n_head is unambiguous only from per-head weights (QK-norm (H, D), SSMax (H,)), which some
         # layers have; q_proj always has d_model rows
+        # (a 1-D q_norm is one (D,) weight shared by every head, as in HF qwen3: it names no head count)
         heads = first(*(f"layers.{i}.self_attn.{w}" for i in layers for w in ("q_norm.weight", "ssmax_scale")))
-        if heads is not None and len(heads[1]) in (1, 2):
+        if heads is not None and len(heads[1]) == (2 if heads[0].endswith("q_norm.weight") else 1):
             refuse("n_head", config.n_head, heads[1][0], f"{heads[3].name} holds", heads[2])
         # k_proj has n_kv_head · head_dim rows, head_dim = d_model / n_head of the config
         k = first(p + "self_attn.k_proj.weight")

@@ -70,8 +70,8 @@ def ws(tmp_path_factory) -> Path:
 
     from rnope.interop import export
 
-    hf = export(_model("rnope-swa"), root / "hf_llama", byte, log=None)
-    _edit_json(hf / "config.json", lambda m: m.update(model_type="llama"))
+    hf = export(_model("rnope-swa"), root / "hf_gpt2", byte, log=None)
+    _edit_json(hf / "config.json", lambda m: m.update(model_type="gpt2"))
     hf = export(_model("rnope-swa"), root / "hf_trunc", byte, log=None)
     (hf / "model.safetensors").write_bytes((hf / "model.safetensors").read_bytes()[:200])
 
@@ -177,7 +177,7 @@ CASES = [
     ("gen-ckpt-no-weights", ["generate", "--ckpt", "{ws}/noweights", "--prompt", "hi"], ["noweights/model.safetensors is missing"], None),
     ("gen-ckpt-empty-run", ["generate", "--ckpt", "{ws}/emptyrun", "--prompt", "hi"], ["emptyrun' has no complete checkpoint under checkpoints/"], None),
     ("gen-ckpt-no-tokenizer", ["generate", "--ckpt", "{ws}/notok", "--prompt", "hi"], ["notok' has no tokenizer.json: cannot encode text prompts"], None),
-    ("gen-hf-unknown-model-type", ["generate", "--ckpt", "{ws}/hf_llama", "--prompt", "hi"], ["unsupported model_type 'llama' in", "(supported: cohere, cohere2)"], None),
+    ("gen-hf-unknown-model-type", ["generate", "--ckpt", "{ws}/hf_gpt2", "--prompt", "hi"], ["unsupported model_type 'gpt2' in", "(supported: cohere, cohere2, llama, mistral, qwen2, qwen3, smollm3)"], None),
     # ---- tokenizer train
     ("tok-corpus-not-utf8", ["tokenizer", "train", "--vocab-size", "300", "--data", "{ws}/bad.txt", "--out", "{out}"], ["bad.txt' is not valid UTF-8 (byte 0xff at offset 0)"], None),
     ("tok-jsonl-no-text-field", ["tokenizer", "train", "--vocab-size", "300", "--data", "{ws}/notext.jsonl", "--out", "{out}"], ["notext.jsonl line 1: no field 'text'"], None),

@@ -304,7 +304,8 @@ _FEATURES = [
     ("p-rope", {}, "layer 0 uses partial RoPE (rope_fraction=0.75)"),
     ("rnope-swa-temp", {}, "layer 3 scales NoPE queries by temperature 'llama4'"),
     ("rnope-swa-ssmax", {}, "layer 3 scales NoPE queries by temperature 'ssmax'"),
-    ("smollm3", {}, "block='sequential', which cohere/cohere2 cannot express"),
+    ("rope", {"norm": "rmsnorm"}, "norm='rmsnorm', which cohere/cohere2 cannot express"),  # sequential blocks export as smollm3
+    ("rope", {"qkv_bias": True}, "config field qkv_bias=True has no cohere/cohere2 equivalent"),
     ("rope", {"rope_layout": "half"}, "rope_layout='half', which cohere/cohere2 cannot express"),
     ("llama4-irope", {}, "layer 0 uses chunked attention"),
 ]
@@ -341,7 +342,7 @@ def _edit(d, **changes):
 @pytest.mark.parametrize(
     "changes,message",
     [
-        (dict(model_type="llama"), "unsupported model_type 'llama' in {cfg} (supported: cohere, cohere2)"),
+        (dict(model_type="gpt2"), "unsupported model_type 'gpt2' in {cfg} (supported: cohere, cohere2, llama, mistral, qwen2, qwen3, smollm3)"),
         (dict(auto_map={"AutoModelForCausalLM": "x.Y"}), "{cfg}: 'auto_map' asks for remote code (trust_remote_code), which rnope never runs"),
         (dict(rope_scaling={"rope_type": "dynamic", "factor": 4.0}), "{cfg}: 'rope_scaling' type 'dynamic' changes the math and rnope does not implement it (only default, linear, yarn)"),
         (dict(rope_parameters={"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4, "beta_fast": 16}), "{cfg}: 'rope_parameters' yarn beta_fast=16 is not supported (rnope implements beta_fast=32)"),
@@ -470,10 +471,11 @@ def test_cli_errors_are_one_line_and_leave_nothing(tmp_path, capsys):
     assert not (tmp_path / "hf").exists() and not leftovers(tmp_path, "hf")
 
     d = export(random_model("rnope-swa"), tmp_path / "good", log=None)
-    _edit(d, model_type="llama")
+    _edit(d, model_type="gpt2")
     assert main(["import", str(d), "--out", str(tmp_path / "ck2")]) == 2
     err = capsys.readouterr().err
-    assert err == f"rnope: error: unsupported model_type 'llama' in {d / 'config.json'} (supported: cohere, cohere2)\n"
+    assert err == (f"rnope: error: unsupported model_type 'gpt2' in {d / 'config.json'} "
+                   "(supported: cohere, cohere2, llama, mistral, qwen2, qwen3, smollm3)\n")
     assert not (tmp_path / "ck2").exists() and not leftovers(tmp_path, "ck2")
 
     (tmp_path / "taken").mkdir()

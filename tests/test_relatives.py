@@ -180,7 +180,7 @@ def test_rope_extensions_export_to_transformers_with_parity(preset, tmp_path):
 
 @pytest.mark.parametrize("preset,feature", [("rope-ntk", "RoPE scaling 'ntk'"), ("rope-fope", "RoPE scaling 'fope'"),
                                             ("p-rope", "partial RoPE"), ("llama4-irope", "chunked attention"),
-                                            ("rnope-swa-temp", "temperature 'llama4'"), ("smollm3", "block='sequential'")])
+                                            ("rnope-swa-temp", "temperature 'llama4'")])
 def test_inexpressible_relatives_refused_by_name(preset, feature, tmp_path):
     from rnope.interop import export
 

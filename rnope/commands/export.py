@@ -1,4 +1,5 @@
-"""``rnope export``: write a checkpoint as a Hugging Face ``cohere`` / ``cohere2`` directory, or
+"""``rnope export``: write a checkpoint as a Hugging Face ``cohere`` / ``cohere2`` directory (``smollm3``
+for the Llama block), or
 (``--format gguf``) as one GGUF file for llama.cpp's ``cohere2``."""
 
 from __future__ import annotations
@@ -6,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "export"
-HELP = "export a checkpoint to a Hugging Face cohere/cohere2 directory (transformers, vLLM) or a GGUF file (llama.cpp)"
+HELP = "export a checkpoint to a Hugging Face cohere/cohere2/smollm3 directory (transformers, vLLM) or a GGUF file (llama.cpp)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,11 +1,11 @@
-"""``rnope import``: convert a Hugging Face ``cohere`` / ``cohere2`` directory to an rnope checkpoint."""
+"""``rnope import``: convert a Hugging Face ``cohere`` / ``cohere2`` / Llama-family directory to an rnope checkpoint."""
 
 from __future__ import annotations
 
 import argparse
 
 NAME = "import"
-HELP = "import a Hugging Face cohere/cohere2 directory (save_pretrained, safetensors) as an rnope checkpoint"
+HELP = "import a Hugging Face cohere/cohere2/llama/mistral/qwen2/qwen3/smollm3 directory (save_pretrained, safetensors) as an rnope checkpoint"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""Export rnope models to Hugging Face ``cohere`` / ``cohere2`` directories, and import them back.
+"""Export rnope models to Hugging Face ``cohere`` / ``cohere2`` / ``smollm3`` directories, and import
+those and ``llama`` / ``mistral`` / ``qwen2`` / ``qwen3`` directories.
 
 * :func:`export` writes ``config.json``, ``model.safetensors`` (transformers' key names: ``model.``
   prefix, no ``lm_head`` when tied), ``generation_config.json`` and, with a tokenizer,
@@ -8,7 +9,9 @@
 * :func:`load_hf` reads a ``save_pretrained`` directory (single or sharded safetensors) into an rnope
   :class:`~rnope.model.Transformer`; :func:`import_hf` writes it as an rnope checkpoint.
 
-The config mapping (which patterns map to which model type) lives in :mod:`.hf_config`. Never
+The config mapping (which patterns map to which model type) lives in :mod:`.hf_config` and, for
+the Llama family, :mod:`.llama`. Tensor names are the same in every family; qwen3's q/k-norm weight
+(D,), shared by the heads, is repeated into rnope's per-head (H, D). Never
 pickle, ``torch.load`` or remote code: weights are read with safetensors only.
 """
 
@@ -61,6 +64,15 @@ def cohere_param_names(config: ModelConfig) -> set[str]:
         names |= {p + f"mlp.{x}_proj.weight" for x in ("gate", "up", "down")}
         if s.qk_norm:
             names |= {p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"}
+    return names
+
+
+def hf_param_names(config: ModelConfig) -> set[str]:
+    """The rnope parameter names the exported model type has: cohere's, plus the second norm of the
+    sequential block (smollm3)."""
+    names = cohere_param_names(config)
+    if config.block == "sequential":
+        names |= {f"layers.{i}.post_attention_layernorm.weight" for i in range(config.n_layer)}
     return names
 
 
@@ -125,7 +137,8 @@ def _tokenizer_files(d: Path, tokenizer, max_len: int) -> None:
 
 def export(ckpt_or_model, out_dir: str | os.PathLike, tokenizer=None, *, log: Log | None = _stderr) -> Path:
     """Write ``ckpt_or_model`` (a :class:`Transformer`, or any directory ``rnope.load`` accepts) as a
-    Hugging Face ``cohere`` / ``cohere2`` directory at ``out_dir``; returns ``out_dir``.
+    Hugging Face directory at ``out_dir``: ``cohere`` / ``cohere2`` for the parallel block, ``smollm3``
+    for the sequential (Llama) block; returns ``out_dir``.
 
     ``tokenizer`` defaults to the checkpoint's. Raises ``ValueError`` for a model HF cannot express
     (the message names the blocking feature) or an ``out_dir`` that is a file or a non-empty directory.
@@ -146,9 +159,10 @@ def export(ckpt_or_model, out_dir: str | os.PathLike, tokenizer=None, *, log: Lo
     config: ModelConfig = model.config
     to_hf_config(config)  # refuses what HF cannot express, before any work
     own = model.state_dict()
-    extra = sorted(set(own) - cohere_param_names(config))
+    extra = sorted(set(own) - hf_param_names(config))
     if extra:
-        raise ValueError(f"cannot export to Hugging Face: parameter '{extra[0]}' has no cohere/cohere2 counterpart")
+        where, family = ("smollm3", "smollm3") if config.block == "sequential" else ("Hugging Face", "cohere/cohere2")
+        raise ValueError(f"cannot export to {where}: parameter '{extra[0]}' has no {family} counterpart")
     state = {hf_key(k): v.detach().contiguous().cpu() for k, v in own.items()}
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
     dtype = str(next(iter(dtypes))).removeprefix("torch.") if len(dtypes) == 1 else "float32"
@@ -230,8 +244,11 @@ def _weight_files(d: Path) -> dict[str, Path]:
 
 
 @torch.no_grad()
-def _load_weights(model: Transformer, d: Path) -> torch.dtype | None:
-    """Copy the HF tensors into ``model`` strictly; returns the stored float dtype (if uniform)."""
+def _load_weights(model: Transformer, d: Path, shared_qk_norm: bool = False) -> torch.dtype | None:
+    """Copy the HF tensors into ``model`` strictly; returns the stored float dtype (if uniform).
+
+    ``shared_qk_norm`` (qwen3): q_norm / k_norm are one (D,) weight for every head, repeated into
+    rnope's (H, D)."""
     from safetensors import safe_open
 
     where = _weight_files(d)
@@ -254,6 +271,8 @@ def _load_weights(model: Transformer, d: Path) -> torch.dtype | None:
             for hk in names:
                 t = h.get_tensor(hk)
                 dst = own[wanted[hk]]
+                if shared_qk_norm and hk.endswith(("q_norm.weight", "k_norm.weight")) and t.dim() == 1 and dst.dim() == 2:
+                    t = t.expand(dst.shape[0], -1) if t.shape[0] == dst.shape[1] else t
                 if tuple(t.shape) != tuple(dst.shape):
                     raise CheckpointError(
                         f"{f}: tensor '{hk}' has shape {tuple(t.shape)}, config.json implies {tuple(dst.shape)}"
@@ -313,14 +332,15 @@ def _load(hf_dir, log: Log | None) -> tuple[Transformer, Any, torch.dtype | None
     tok, note = _read_tokenizer(d, config.vocab_size)  # a disagreeing tokenizer is refused before the weights load
     check_config(config, d / CONFIG, sorted(set(_weight_files(d).values())), prefix="model.", fields=HF_FIELDS)
     model = Transformer(config)
-    stored = _load_weights(model, d)
+    stored = _load_weights(model, d, shared_qk_norm=meta.get("model_type") == "qwen3")
     if note is not None and log is not None:
         log(note)
     return model, tok, stored, meta
 
 
 def load_hf(hf_dir: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, log: Log | None = _stderr):
-    """``(model, tokenizer_or_None)`` from a Hugging Face ``cohere`` / ``cohere2`` directory (read-only).
+    """``(model, tokenizer_or_None)`` from a Hugging Face directory (read-only) of a type
+    :data:`.hf_config.SUPPORTED` lists.
 
     Weights become fp32 unless ``dtype`` is given (as :func:`rnope.load`).
     """

@@ -1,4 +1,6 @@
-"""rnope ``ModelConfig`` <-> Hugging Face ``cohere`` / ``cohere2`` ``config.json``.
+"""rnope ``ModelConfig`` <-> Hugging Face ``cohere`` / ``cohere2`` ``config.json`` (and the dispatch to
+:mod:`.llama` for the sequential block: export as ``smollm3``, import of llama / mistral / qwen2 /
+qwen3 / smollm3).
 
 Which rnope patterns map where (see ``rnope.config`` for the letters):
 
@@ -31,9 +33,13 @@ from typing import Any
 
 from ..config import LayerSpec, ModelConfig
 
-SUPPORTED = ("cohere", "cohere2")
+# cohere / cohere2 here; the Llama family (imported only, exported as smollm3) in .llama
+SUPPORTED = ("cohere", "cohere2", "llama", "mistral", "qwen2", "qwen3", "smollm3")
 SLIDING, FULL = "sliding_attention", "full_attention"
-DEFAULT_THETA = {"cohere": 500_000.0, "cohere2": 10_000.0}  # transformers' defaults when no theta is given
+DEFAULT_THETA = {  # transformers' defaults when no theta is given
+    "cohere": 500_000.0, "cohere2": 10_000.0, "llama": 10_000.0, "mistral": 10_000.0, "qwen2": 10_000.0,
+    "qwen3": 10_000.0, "smollm3": 2_000_000.0,
+}
 _PREFIX = "cannot export to Hugging Face: "
 
 
@@ -172,7 +178,12 @@ def to_hf_config(
     pad_id: int | None = None,
     rnope_version: str | None = None,
 ) -> dict[str, Any]:
-    """The ``config.json`` dict transformers' ``AutoConfig`` reads (no remote code)."""
+    """The ``config.json`` dict transformers' ``AutoConfig`` reads (no remote code): ``smollm3`` for
+    the sequential (Llama) block, else ``cohere`` / ``cohere2``."""
+    if config.block == "sequential":
+        from .llama import smollm3_config
+
+        return smollm3_config(config, dtype=dtype, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, rnope_version=rnope_version)
     model_type, types, window = hf_layout(config)
     theta = float(config.rope_theta)
     out: dict[str, Any] = {
@@ -295,6 +306,10 @@ def normalize(meta: dict, cfile: Path) -> dict[str, Any]:
         raise HFConfigError(f"{cfile}: 'auto_map' asks for remote code (trust_remote_code), which rnope never runs")
     if meta.get("quantization_config"):
         raise HFConfigError(f"{cfile}: 'quantization_config' (quantized weights) is not supported")
+    if mt not in ("cohere", "cohere2"):
+        from . import llama
+
+        return llama.normalize(meta, cfile)
     for key in ("attention_bias", "mlp_bias"):
         if meta.get(key):
             raise HFConfigError(f"{cfile}: '{key}': true changes the math and rnope does not implement biases")
@@ -388,7 +403,7 @@ def _math(norm: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_hf_config(meta: dict, cfile: Path) -> ModelConfig:
-    """The rnope ModelConfig for an HF ``cohere`` / ``cohere2`` config dict (see module doc)."""
+    """The rnope ModelConfig for an HF config dict of a ``SUPPORTED`` type (see module doc and :mod:`.llama`)."""
     norm = normalize(meta, cfile)
     hint = meta.get("rnope")
     if isinstance(hint, dict) and isinstance(hint.get("model"), dict):
@@ -398,7 +413,7 @@ def from_hf_config(meta: dict, cfile: Path) -> ModelConfig:
                 return cand
         except (TypeError, ValueError):
             pass  # a stale or foreign hint: the HF keys decide
-    kw: dict[str, Any] = {k: norm[k] for k in ("vocab_size", "d_model", "d_ff", "n_layer", "n_head", "n_kv_head", "max_seq_len", "logit_scale", "norm_eps", "tie_embeddings", "rope_theta", "rope_scaling", "rope_factor", "rope_original_len") if k in norm}
+    kw: dict[str, Any] = {k: norm[k] for k in ("vocab_size", "d_model", "d_ff", "n_layer", "n_head", "n_kv_head", "max_seq_len", "logit_scale", "norm_eps", "tie_embeddings", "rope_theta", "rope_scaling", "rope_factor", "rope_original_len", "block", "norm", "rope_layout", "qkv_bias") if k in norm}
     kw["pattern"] = _period(norm["letters"])
     window = norm["window"] or norm.get("_window_hint")
     if window is not None:
