@@ -5,7 +5,7 @@
 The package at ``--ref`` is extracted (``git archive``) and imported as ``rnope_base`` next to
 ``rnope`` (rnope uses relative imports only), both models get the same weights, and every workload
 runs interleaved (base, new, base, new, ...) so the machine's load hits both alike. Workloads, on
-the ≈7M shape of ``bench.py`` (rnope-swa unless noted):
+the ≈7M shape of ``rnope.bench`` (rnope-swa unless noted):
 
 * train step eager and compiled, B×T = 8×512 (forward, fp32 cross-entropy, backward, clip, AdamW);
 * prefill at 2k and 16k tokens (``generate.prefill``), and rope at 16k for the swa/rope ratio;
@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-import bench  # noqa: E402
+from rnope import bench  # noqa: E402
 
 
 def load_base(ref: str, where: Path):

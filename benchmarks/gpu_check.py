@@ -227,7 +227,7 @@ def mm_peak(dev: torch.device, dtype: torch.dtype, n: int, reps: int = 10) -> fl
 
 
 def flops_per_token(cfg, T: int) -> float:
-    from bench import train_flops_per_token
+    from rnope.bench import train_flops_per_token
 
     return train_flops_per_token(cfg, T)[0]
 
