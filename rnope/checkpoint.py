@@ -36,7 +36,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 (hex) of a file, read in chunks."""
     import hashlib
 
     with open(path, "rb") as f:
@@ -47,7 +48,7 @@ def write_checksums(d: str | os.PathLike) -> None:
     """Record the sha256 of the checksummed files of directory ``d`` in ``d/checksums.json``."""
     d = Path(d)
     names = sorted(f.name for f in d.iterdir() if f.is_file() and (f.name.endswith(".safetensors") or f.name in _CHECKED))
-    doc = {"algorithm": "sha256", "files": {n: _sha256(d / n) for n in names}}
+    doc = {"algorithm": "sha256", "files": {n: file_sha256(d / n) for n in names}}
     _atomic_write_text(d / CHECKSUM_FILE, json.dumps(doc, indent=1, sort_keys=True))
 
 
@@ -71,7 +72,7 @@ def verify(d: str | os.PathLike, required: tuple[str, ...] = (CONFIG_FILE, WEIGH
         f = d / name
         if not f.is_file():
             raise CheckpointError(f"{f} is missing (listed in {CHECKSUM_FILE})")
-        if _sha256(f) != want:
+        if file_sha256(f) != want:
             raise CheckpointError(f"{f} does not match its sha256 in {CHECKSUM_FILE}: the file is corrupt or was modified")
 
 

@@ -25,8 +25,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from typing import Any
 import torch
 
 from .config import PATTERN_LETTERS, PRESETS, ModelConfig
+from .outdir import atomic_dir, check_new_dir
 
 __all__ = ["Source", "carry_state", "convert", "convert_model", "pattern_presets", "plan_state", "read_source", "target_config"]
 
@@ -249,16 +248,11 @@ def _stored_dtype(files: list[Path]) -> torch.dtype | None:
     return _DTYPES.get(next(iter(seen))) if len(seen) == 1 else None
 
 
-def _sha256(f: Path) -> str:
-    with open(f, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
 def weights_sha256(files: list[Path]) -> str:
     """sha256 of the one weights file (taken from its directory's ``checksums.json`` when that lists
     it: :func:`rnope.load` has just verified it); for several (a sharded HF model), the sha256 of
     their ``name sha256`` lines."""
-    from .checkpoint import CHECKSUM_FILE
+    from .checkpoint import CHECKSUM_FILE, file_sha256
 
     shas = {}
     for f in files:
@@ -266,23 +260,10 @@ def weights_sha256(files: list[Path]) -> str:
             listed = json.loads((f.parent / CHECKSUM_FILE).read_text(encoding="utf-8"))["files"][f.name]
         except (OSError, ValueError, KeyError, TypeError):
             listed = None
-        shas[f.name] = listed if isinstance(listed, str) else _sha256(f)
+        shas[f.name] = listed if isinstance(listed, str) else file_sha256(f)
     if len(shas) == 1:
         return next(iter(shas.values()))
     return hashlib.sha256("".join(f"{n} {s}\n" for n, s in shas.items()).encode()).hexdigest()
-
-
-def check_out(out: Path) -> None:
-    """``out`` may be created: absent or an empty directory, below a directory."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ValueError(f"output '{out}' exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"output directory '{out}' exists and is not empty")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"output '{out}': '{parent}' is not a directory")
-            break
 
 
 @dataclass(frozen=True)
@@ -305,7 +286,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, pattern: str | No
     from .checkpoint import load, save
 
     out = Path(out)
-    check_out(out)
+    check_new_dir(out)
     source = read_source(src)
     config = target_config(source.config, pattern=pattern, to=to, drop_pe=drop_pe, window=window, chunk_size=chunk_size)
     added = plan_state(source.config, config)
@@ -318,18 +299,5 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, pattern: str | No
                             "added": added}
     if isinstance(source.meta.get("converted_from"), dict):
         prov["converted_from"] = source.meta["converted_from"]  # a chain of conversions stays traceable
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
-        save(tmp, new, tok, extra={"converted_from": prov})
-        check_out(out)  # nobody wrote there meanwhile
-        if out.is_dir():
-            out.rmdir()
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic_dir(out, lambda d: save(d, new, tok, extra={"converted_from": prov}))
     return Converted(out=out, source=source, config=config, added=tuple(added), tensors=len(new.state_dict()))

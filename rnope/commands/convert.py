@@ -36,13 +36,14 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from ..convert import check_out, convert
+    from ..convert import convert
+    from ..outdir import check_new_dir
     from ..outlock import OutLock
 
     out = Path(args.out)
     lock = OutLock(out) if out.parent.is_dir() else None  # one writer per output
     try:
-        check_out(out)  # refuse before reading the source
+        check_new_dir(out)  # refuse before reading the source
         res = convert(args.ckpt, out, pattern=args.pattern, to=args.to, drop_pe=args.drop_pe,
                       window=args.window, chunk_size=args.chunk_size)
     finally:

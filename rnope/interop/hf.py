@@ -20,15 +20,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..checkpoint import CheckpointError
+from ..outdir import atomic_dir as _atomic_dir
+from ..outdir import check_new_dir as check_out_dir
 from ..config import ModelConfig
 from ..model import Transformer
 from ..tokenizer import check_vocab_fits
@@ -74,40 +74,6 @@ def hf_param_names(config: ModelConfig) -> set[str]:
     if config.block == "sequential":
         names |= {f"layers.{i}.post_attention_layernorm.weight" for i in range(config.n_layer)}
     return names
-
-
-# ---------------------------------------------------------------------------------------------
-# atomic output directories
-def check_out_dir(out: Path) -> None:
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ValueError(f"output '{out}' exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"output directory '{out}' exists and is not empty")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"output '{out}': '{parent}' is not a directory")
-            break
-
-
-def _atomic_dir(out: Path, build: Callable[[Path], None]) -> Path:
-    """Run ``build(tmp)`` in a fresh directory beside ``out``; rename it to ``out`` on success only."""
-    check_out_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
-        build(tmp)
-        check_out_dir(out)  # nobody wrote there meanwhile
-        if out.is_dir():
-            out.rmdir()
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
 
 
 def _write_json(path: Path, obj: Any) -> None:
