@@ -1,4 +1,4 @@
-"""Evaluation speed: seconds per NIAH sample at 8k tokens, hybrid cache vs dense (issue: evals).
+"""Evaluation speed: seconds per NIAH sample at 8k tokens, hybrid cache vs dense.
 
 Builds passkey items (docs/evaluation.md) of ``--length`` byte-level tokens (depths spread over 0-100 %) and
 greedily completes them through :class:`rnope.evals.runner.ModelPredictor` -- left-padded

@@ -1,4 +1,4 @@
-"""Sliding-window kernel vs dense masked SDPA, measured in the same run (issue: core library).
+"""Sliding-window kernel vs dense masked SDPA, measured in the same run.
 
 Prints, for T in {2k, 4k, 8k, 16k} and W = 256, forward time of the O(T·W) blockwise kernel and of
 dense SDPA with a T×T window mask (the O(T²) baseline), their ratio, and t(16k)/t(8k).

@@ -109,7 +109,7 @@ class ModelConfig:
     norm: str = "layernorm"
     rope_layout: str = "interleaved"
     qkv_bias: bool = False  # biases on the q/k/v projections, none on o_proj (Qwen2)
-    # positional-scheme relatives (issue: RoPE extensions, iRoPE, NoPE temperature)
+    # positional-scheme relatives: RoPE extensions, iRoPE, NoPE temperature
     rope_scaling: str = "none"
     rope_factor: float = 1.0
     rope_original_len: int = 0  # 0 = max_seq_len

@@ -1,4 +1,4 @@
-"""Attention analysis (issue 5): chunked capture, segment masses, entropy, report and CLI."""
+"""Attention analysis: chunked capture, segment masses, entropy, report and CLI."""
 
 import json
 import math

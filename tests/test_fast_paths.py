@@ -1,4 +1,4 @@
-"""Every fast path of issue 8 against its eager reference: decode kernel, static cache writes,
+"""Every fast path against its eager reference: decode kernel, static cache writes,
 the static / compiled decoder, last-position logits, FlexAttention masks, the GPU check's dry run
 and the benchmark's accounting."""
 
