@@ -5,8 +5,9 @@ __version__ = "0.1.0"
 from .config import PRESETS, LayerSpec, ModelConfig  # noqa: E402
 from .model import Transformer, init_weights  # noqa: E402
 from .cache import HybridCache  # noqa: E402
-from .generate import generate  # noqa: E402
-from .checkpoint import load, save  # noqa: E402
+from .inference import generate  # noqa: E402
+from .checkpoint import load  # noqa: E402
+from .checkpoint import save_model as save  # noqa: E402
 from .nope_scale import set_nope_scale  # noqa: E402
 
 __all__ = [

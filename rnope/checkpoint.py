@@ -1,21 +1,33 @@
 """Save and load models: ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``). No pickle.
 
-``load`` accepts a model directory, a checkpoint directory, or a training run directory (whose
-latest complete checkpoint under ``checkpoints/step_N`` is used).
+:func:`save` writes a config and a state dict as an rnope directory; :func:`save_model` (exported
+as ``rnope.save``) writes a model. :func:`load` accepts a model directory, a checkpoint directory,
+or a training run directory (whose latest complete checkpoint under ``checkpoints/step_N`` is used).
+
+Directory formats are found through a small loader registry: each format registers a
+``detect(dir) -> bool`` and a ``load(dir, device, dtype) -> (model, tokenizer)``
+(:func:`register_loader`). The native rnope format registers here; formats that live in other
+modules are listed by module name in :data:`LAZY_LOADER_MODULES` and imported the first time a
+directory is looked up, so this module imports none of them at import time.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .config import ModelConfig
+from .errors import CheckpointError
 from .model import Transformer
+from .outputs import atomic_write_text
 
 FORMAT = "rnope"
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
@@ -24,16 +36,6 @@ CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", 
 #: and ``tokenizer.json`` stay hand-editable; their content is validated when read.
 CHECKSUM_FILE = "checksums.json"
 _CHECKED = ("trainer_state.json",)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and the problem."""
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def file_sha256(path: Path) -> str:
@@ -49,7 +51,7 @@ def write_checksums(d: str | os.PathLike) -> None:
     d = Path(d)
     names = sorted(f.name for f in d.iterdir() if f.is_file() and (f.name.endswith(".safetensors") or f.name in _CHECKED))
     doc = {"algorithm": "sha256", "files": {n: file_sha256(d / n) for n in names}}
-    _atomic_write_text(d / CHECKSUM_FILE, json.dumps(doc, indent=1, sort_keys=True))
+    atomic_write_text(d / CHECKSUM_FILE, json.dumps(doc, indent=1, sort_keys=True))
 
 
 def verify(d: str | os.PathLike, required: tuple[str, ...] = (CONFIG_FILE, WEIGHTS_FILE)) -> None:
@@ -76,8 +78,22 @@ def verify(d: str | os.PathLike, required: tuple[str, ...] = (CONFIG_FILE, WEIGH
             raise CheckpointError(f"{f} does not match its sha256 in {CHECKSUM_FILE}: the file is corrupt or was modified")
 
 
-def save(path: str | os.PathLike, model: Transformer, tokenizer: Any = None, *, extra: dict | None = None) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and (if given) ``tokenizer.json`` into ``path``."""
+def save(
+    path: str | os.PathLike,
+    config: ModelConfig,
+    state_dict: Mapping[str, torch.Tensor],
+    tokenizer: Any = None,
+    *,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``config.json`` (``config`` plus ``extra``), ``model.safetensors`` (``state_dict``) and,
+    if given, ``tokenizer.json`` into ``path``; returns ``path``. To save a model object, use
+    :func:`save_model` (``rnope.save``).
+    """
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"save: config must be a ModelConfig, got {type(config).__name__}")
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"save: state_dict must be a mapping of tensors, got {type(state_dict).__name__}")
     from safetensors.torch import save_file
 
     from . import __version__
@@ -86,18 +102,24 @@ def save(path: str | os.PathLike, model: Transformer, tokenizer: Any = None, *, 
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"output path '{path}' exists and is not a directory")
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     tmp = path / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt", "producer": FORMAT})
     os.replace(tmp, path / WEIGHTS_FILE)
     if tokenizer is not None:
         tokenizer.save(path / TOKENIZER_FILE)
-    meta = {"format": FORMAT, "rnope_version": __version__, "model": model.config.to_dict()}
+    meta = {"format": FORMAT, "rnope_version": __version__, "model": config.to_dict()}
     if extra:
         meta.update(extra)
-    _atomic_write_text(path / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True))
+    atomic_write_text(path / CONFIG_FILE, json.dumps(meta, indent=2, sort_keys=True))
     write_checksums(path)
     return path
+
+
+def save_model(path: str | os.PathLike, model: Transformer, tokenizer: Any = None, *, extra: dict | None = None) -> Path:
+    """Write ``model`` (its config and state dict) and, if given, ``tokenizer`` into ``path`` (as
+    :func:`save`); returns ``path``. This is ``rnope.save``."""
+    return save(path, model.config, model.state_dict(), tokenizer, extra=extra)
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -172,20 +194,88 @@ def load_state(model: Transformer, weights: Path, *, assign: bool = False) -> No
     model.load_state_dict(state, strict=True, assign=assign)
 
 
+# ---- loader registry ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Loader:
+    """A directory format :func:`load` reads: ``detect(dir)`` says (without raising) whether ``dir``
+    is one; ``load(dir, device, dtype)`` returns ``(model, tokenizer_or_None)``."""
+
+    name: str
+    detect: Callable[[Path], bool]
+    load: Callable[[Path, Any, Any], tuple[Any, Any]]
+
+
+_LOADERS: dict[str, Loader] = {}
+
+#: Formats that live outside the core, ``{format name: module name}``. Each module is imported the
+#: first time :func:`loaders` runs (never when this module is imported) and registers its formats
+#: through its ``register_loaders(register_loader)`` hook. A module that cannot be imported is
+#: skipped.
+LAZY_LOADER_MODULES: dict[str, str] = {"hf": "rnope.interop.hf"}
+_imported: set[str] = set()
+
+
+def register_loader(name: str, detect: Callable[[Path], bool], load: Callable[..., tuple[Any, Any]]) -> Loader:
+    """Register the directory format ``name`` (replacing one of that name). Formats are tried in the
+    order they were first registered; the native rnope format is first."""
+    loader = Loader(name, detect, load)
+    _LOADERS[name] = loader
+    return loader
+
+
+def loaders() -> list[Loader]:
+    """The registered formats, after importing the modules of :data:`LAZY_LOADER_MODULES` not imported yet."""
+    for module in LAZY_LOADER_MODULES.values():
+        if module in _imported:
+            continue
+        _imported.add(module)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        mod.register_loaders(register_loader)
+    return list(_LOADERS.values())
+
+
+def find_loader(d: str | os.PathLike) -> Loader | None:
+    """The first registered format whose ``detect`` accepts directory ``d``, or None."""
+    d = Path(d)
+    return next((f for f in loaders() if f.detect(d)), None)
+
+
+def _config_dict(d: Path) -> dict | None:
+    try:
+        meta = read_meta(d)
+    except CheckpointError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _is_native(d: Path) -> bool:
+    """An rnope directory: its ``config.json`` has a ``model`` section."""
+    meta = _config_dict(d)
+    return meta is not None and "model" in meta
+
+
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
     """``(model, tokenizer)`` from a checkpoint / run directory; tokenizer is None if absent.
 
-    Hugging Face ``cohere`` / ``cohere2`` directories are read through :mod:`rnope.interop.hf`
-    when that module is present.
+    The directory's format is found by :func:`find_loader`: an rnope checkpoint, or a Hugging Face
+    directory (read by :mod:`rnope.interop.hf` when that module can be imported). A directory no
+    format accepts is reported as an rnope checkpoint would be (the first problem found).
     """
     d = resolve(path)
-    meta = read_meta(d) if (d / CONFIG_FILE).exists() else {}
-    if isinstance(meta, dict) and "model_type" in meta and "model" not in meta:
-        try:
-            from .interop.hf import load_hf
-        except ImportError:
-            raise CheckpointError(f"'{d}' is a Hugging Face directory; HF import is not available") from None
-        return load_hf(d, device=device, dtype=dtype)
+    meta = read_meta(d) if (d / CONFIG_FILE).exists() else {}  # an unreadable config.json is reported first
+    loader = find_loader(d)
+    if loader is None:
+        if isinstance(meta, dict) and "model_type" in meta and "model" not in meta:
+            raise CheckpointError(f"'{d}' is a Hugging Face directory; HF import is not available")
+        loader = _LOADERS[FORMAT]
+    return loader.load(d, device, dtype)
+
+
+def _load_native(d: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """``(model, tokenizer)`` of the rnope checkpoint directory ``d``."""
     verify(d)
     config, _ = read_config(d)
     from .weights_header import check_config  # before any model is built: the weights' headers bound the config
@@ -208,3 +298,6 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: 
                 f"{d / TOKENIZER_FILE}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}"
             )
     return model, tokenizer
+
+
+register_loader(FORMAT, _is_native, _load_native)

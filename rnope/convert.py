@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from .config import PATTERN_LETTERS, PRESETS, ModelConfig
-from .outdir import atomic_dir, check_new_dir
+from .outputs import atomic_dir, check_new_dir
 
 __all__ = ["Source", "carry_state", "convert", "convert_model", "pattern_presets", "plan_state", "read_source", "target_config"]
 
@@ -299,5 +299,5 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, pattern: str | No
                             "added": added}
     if isinstance(source.meta.get("converted_from"), dict):
         prov["converted_from"] = source.meta["converted_from"]  # a chain of conversions stays traceable
-    atomic_dir(out, lambda d: save(d, new, tok, extra={"converted_from": prov}))
+    atomic_dir(out, lambda d: save(d, new.config, new.state_dict(), tok, extra={"converted_from": prov}))
     return Converted(out=out, source=source, config=config, added=tuple(added), tensors=len(new.state_dict()))

@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .checkpoint import CheckpointError
+from .errors import CheckpointError
 from .config import ModelConfig
 
 # safetensors refuses headers over 100 MB (MAX_HEADER_SIZE in the safetensors crate)

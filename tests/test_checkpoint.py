@@ -110,3 +110,105 @@ def test_load_builds_on_meta_and_skips_the_random_init(tmp_path, monkeypatch):
     x = torch.randint(0, 128, (2, 50))
     assert torch.equal(loaded(x), model(x))
     assert {p.device.type for p in loaded.parameters()} == {"cpu"} and loaded.layers[0].self_attn.inv_freq.device.type == "cpu"
+
+
+# ---- core writer, loader registry, import layering -------------------------------------------------
+def test_core_save_takes_a_config_and_a_state_dict(tmp_path):
+    from safetensors.torch import load_file
+
+    import rnope.checkpoint as ckpt
+
+    model = tiny_model("rnope-swa")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    d = ckpt.save(tmp_path / "m", model.config, state, extra={"note": "core"})
+    assert d == tmp_path / "m"
+    assert sorted(p.name for p in d.iterdir()) == ["checksums.json", "config.json", "model.safetensors"]
+    meta = json.loads((d / "config.json").read_text())
+    assert meta["format"] == "rnope" and meta["note"] == "core" and meta["model"] == model.config.to_dict()
+    again, tok = rnope.load(d)
+    assert tok is None and again.config == model.config
+    loaded = again.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+    # rnope.save writes a model object the same way
+    assert rnope.save is ckpt.save_model
+    written = load_file(rnope.save(tmp_path / "m0", model) / "model.safetensors")
+    assert written.keys() == state.keys() and all(torch.equal(written[k], state[k]) for k in state)
+    with pytest.raises(TypeError, match="^save: state_dict must be a mapping of tensors, got NoneType$"):
+        ckpt.save(tmp_path / "bad", model.config, None)
+    with pytest.raises(TypeError, match="^save: config must be a ModelConfig, got Transformer$"):
+        ckpt.save(tmp_path / "bad", model, state)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+
+
+def test_registry_detects_native_and_hugging_face_directories(tmp_path):
+    import rnope.checkpoint as ckpt
+    from rnope.interop import export
+
+    model = tiny_model("rope")
+    native = rnope.save(tmp_path / "ck", model)
+    hf = export(model, tmp_path / "hf", log=None)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text("{}")
+    assert [f.name for f in ckpt.loaders()][:2] == ["rnope", "hf"]
+    assert ckpt.find_loader(native).name == "rnope"
+    assert ckpt.find_loader(hf).name == "hf"
+    assert ckpt.find_loader(tmp_path / "other") is None and ckpt.find_loader(tmp_path / "nothing") is None
+    x = torch.randint(0, 61, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(rnope.load(hf)[0](x), model(x))
+    # a directory no format accepts is reported as an rnope checkpoint would be
+    with pytest.raises(CheckpointError, match=r"other/model.safetensors is missing$"):
+        rnope.load(tmp_path / "other")
+
+
+def test_a_registered_format_is_loaded(tmp_path, monkeypatch):
+    import rnope.checkpoint as ckpt
+
+    model = tiny_model("rope")
+    d = tmp_path / "toy"
+    d.mkdir()
+    (d / "config.json").write_text('{"toy": 1}')
+    ckpt.loaders()  # the lazy formats first, so that the toy format stays the last one
+    monkeypatch.setitem(ckpt._LOADERS, "toy", ckpt.Loader("toy", lambda p: (p / "config.json").read_text() == '{"toy": 1}',
+                                                          lambda p, device, dtype: (model, "tok")))
+    assert ckpt.find_loader(d).name == "toy"
+    assert rnope.load(d) == (model, "tok")
+
+
+@pytest.mark.parametrize("module, absent", [("rnope.checkpoint", "rnope.interop.hf"), ("rnope.interop.hf", None),
+                                             ("rnope.errors", None)])
+def test_core_and_conversion_import_alone(module, absent):
+    """Each module imports in a fresh interpreter; the core does not pull in the HF converter."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"import sys, {module}\n"
+    if absent:
+        code += f"assert {absent!r} not in sys.modules, sorted(m for m in sys.modules if m.startswith('rnope'))\n"
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_no_module_level_import_between_core_and_hf():
+    """rnope.checkpoint and rnope.interop.hf import each other only inside functions, and
+    rnope.errors imports nothing from rnope."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "rnope"
+
+    def top_level_imports(path: Path) -> set[str]:
+        out = set()
+        for node in ast.parse(path.read_text()).body:  # module level only: not inside a def
+            if isinstance(node, ast.ImportFrom):
+                out |= {"." * node.level + (node.module or "") + "." + a.name for a in node.names} | {"." * node.level + (node.module or "")}
+            elif isinstance(node, ast.Import):
+                out |= {a.name for a in node.names}
+        return out
+
+    core, hf, errors = (top_level_imports(root / p) for p in ("checkpoint.py", "interop/hf.py", "errors.py"))
+    assert not [m for m in core if "interop" in m]
+    assert not [m for m in hf if "checkpoint" in m]
+    assert not [m for m in errors if m.startswith(".") or m.startswith("rnope")]

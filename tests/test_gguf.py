@@ -13,7 +13,7 @@ import torch.nn.functional as F
 gguf = pytest.importorskip("gguf")
 
 from rnope import ModelConfig, Transformer  # noqa: E402
-from rnope.checkpoint import save  # noqa: E402
+from rnope.checkpoint import save_model as save  # noqa: E402
 from rnope.cli import main  # noqa: E402
 from rnope.interop.gguf import export_gguf, gguf_layout  # noqa: E402
 from rnope.tokenizer import Tokenizer  # noqa: E402

@@ -8,6 +8,9 @@ those and ``llama`` / ``mistral`` / ``qwen2`` / ``qwen3`` directories.
   code. The directory is built next to the destination and renamed into place at the end.
 * :func:`load_hf` reads a ``save_pretrained`` directory (single or sharded safetensors) into an rnope
   :class:`~rnope.model.Transformer`; :func:`import_hf` writes it as an rnope checkpoint.
+* :func:`register_loaders` registers the ``hf`` format with :func:`rnope.load`'s loader registry
+  (:func:`rnope.checkpoint.register_loader`); the registry imports this module on first use, and
+  this module imports :mod:`rnope.checkpoint` only inside the functions that write or read one.
 
 The config mapping (which patterns map to which model type) lives in :mod:`.hf_config` and, for
 the Llama family, :mod:`.llama`. Tensor names are the same in every family; qwen3's q/k-norm weight
@@ -26,9 +29,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..checkpoint import CheckpointError
-from ..outdir import atomic_dir as _atomic_dir
-from ..outdir import check_new_dir as check_out_dir
+from ..errors import CheckpointError
+from ..outputs import atomic_dir as _atomic_dir
+from ..outputs import check_new_dir as check_out_dir
 from ..config import ModelConfig
 from ..model import Transformer
 from ..tokenizer import check_vocab_fits
@@ -329,5 +332,23 @@ def import_hf(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: t
     if target is not None:
         model.to(dtype=target)
     src = {"format": "hf", "model_type": meta.get("model_type"), "path": str(Path(hf_dir).resolve())}
-    _atomic_dir(out, lambda d: save(d, model, tok, extra={"imported_from": src}))
+    _atomic_dir(out, lambda d: save(d, model.config, model.state_dict(), tok, extra={"imported_from": src}))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the loader registry's "hf" format
+def is_hf_dir(d: str | os.PathLike) -> bool:
+    """Whether ``d/config.json`` is a Hugging Face config (a ``model_type``, no rnope ``model``
+    section); never raises."""
+    try:
+        meta = json.loads((Path(d) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(meta, dict) and "model_type" in meta and "model" not in meta
+
+
+def register_loaders(register: Callable[..., Any]) -> None:
+    """Register the ``hf`` format through ``register(name, detect, load)``
+    (:func:`rnope.checkpoint.register_loader`, which calls this hook)."""
+    register("hf", is_hf_dir, lambda d, device, dtype: load_hf(d, device=device, dtype=dtype))

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .. import checkpoint as ckpt
+from ..outputs import atomic_write_text
 
 __all__ = [
     "CheckpointWriteError",
@@ -45,16 +46,6 @@ __all__ = [
 
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 _STEP_RE = re.compile(r"step_(\d+)")
-
-
-class _Weights:
-    """What :func:`rnope.checkpoint.save` needs of a model: ``config`` and ``state_dict()``."""
-
-    def __init__(self, config, state: dict[str, torch.Tensor]):
-        self.config, self._state = config, state
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._state
 
 
 # ---- RNG ------------------------------------------------------------------------------------------
@@ -140,7 +131,7 @@ def _write(root: Path, tmp: Path, final: Path, step: int, *, config, model_state
 
     if tmp.exists():
         shutil.rmtree(tmp)
-    ckpt.save(tmp, _Weights(config, model_state), tokenizer, extra={"step": step, **(extra or {})})
+    ckpt.save(tmp, config, model_state, tokenizer, extra={"step": step, **(extra or {})})
 
     tensors: dict[str, torch.Tensor] = {}
     for name, st in optim_state.get("state", {}).items():
@@ -259,6 +250,4 @@ def truncate_metrics(path: Path, step: int) -> None:
             continue  # a line cut by a kill
         if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
             keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(s + "\n" for s in keep), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(s + "\n" for s in keep))
