@@ -13,11 +13,11 @@ model in transformers — ``Cohere2ForCausalLM`` for rnope-swa, ``CohereForCausa
    same optimizer. ``MFU = (6·N + attention FLOPs) · tokens / time / peak`` with ``N`` the matmul
    parameters and attention counted over the keys a query can see (a perfect kernel's work); the
    peak is the best fp32 ``torch.mm`` (2048³) measured between the rounds of this run.
-2. **inference**: prefill seconds at 2k / 8k / 32k tokens (rnope: ``rnope.generate.prefill``, last
+2. **inference**: prefill seconds at 2k / 8k / 32k tokens (rnope: ``rnope.inference.prefill``, last
    logits only; transformers: ``model(ids, use_cache=True, logits_to_keep=1)``) and decode
    tokens/s after those prompts, each library's own greedy ``generate`` with the same number of new
    tokens, timed from the first new token to the last (streamer / callback time stamps). rnope's
-   decode is the compiled static-shape step (:mod:`rnope.fast`) and, for reference, the eager one.
+   decode is the compiled static-shape step (:mod:`rnope.decode`) and, for reference, the eager one.
 3. **kv_cache**: bytes of rnope's hybrid cache at each length vs the paper's
    ``0.25 + 0.75·W/L`` of a full-attention cache (rnope-swa; 1 for rope), and transformers' cache
    after its prefill.
@@ -31,19 +31,18 @@ its baseline, the ratio, the machine (CPU, threads, load average, versions, git 
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .outputs import atomic_write_text, machine, markdown_table
 
 SHAPE = dict(vocab_size=4096, n_layer=8, d_model=256, n_head=4, n_kv_head=2, d_ff=768, window=128)
 PRESETS = ("rnope-swa", "rope")
@@ -63,35 +62,8 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- machine
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        import transformers
-
-        tf = transformers.__version__
-    except ImportError:
-        tf = None
-    from .provenance import git_commit
-
-    sha = git_commit()
-    return {
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": tf,
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "git_sha": sha,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-    }
+    """The ``machine`` record of ``bench.json`` (:func:`rnope.outputs.machine` ``"bench"``)."""
+    return machine("bench")
 
 
 def matmul_peak(n: int = 2048, reps: int = 3) -> float:
@@ -290,7 +262,7 @@ def _decode_rate(stamps: list[float], n_new: int) -> float:
 
 
 def bench_inference(preset: str, lengths: list[int], new_tokens: int, rounds: int, *, hf: bool, compile: bool) -> dict:
-    from rnope.generate import generate, prefill
+    from rnope.inference import generate, prefill
 
     L_max = max(lengths) + new_tokens + 1
     model = rnope_model(preset, L_max).eval()
@@ -436,7 +408,7 @@ def _hf_cache_bytes(pkv) -> int | None:
 
 # ---------------------------------------------------------------------------------------------- sliding
 def bench_sliding(rounds: int) -> dict:
-    from rnope.generate import prefill
+    from rnope.inference import prefill
     from rnope.kernels import sdpa
 
     cfg = config("rnope-swa", 16384)
@@ -520,7 +492,7 @@ def run(quick: bool = False, *, out: str | None = None, parts: tuple[str, ...] =
             log("transformers is not installed: no baselines")
             hf = False
     if compile:
-        from rnope.fast import compile_available
+        from rnope.decode import compile_available
 
         if not compile_available():
             log("torch.compile is not available here (no C++ compiler): eager only")
@@ -538,7 +510,7 @@ def run(quick: bool = False, *, out: str | None = None, parts: tuple[str, ...] =
 
     def checkpoint():  # a partial result survives a crash or a kill later in the run
         if out:
-            Path(out).write_text(json.dumps({**res, "partial": True}, indent=2, default=float))
+            atomic_write_text(out, json.dumps({**res, "partial": True}, indent=2, default=float))
 
     if "train" in parts:
         res["train"] = {}
@@ -570,7 +542,7 @@ def run(quick: bool = False, *, out: str | None = None, parts: tuple[str, ...] =
     res["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     res["wall_s"] = time.perf_counter() - t0
     if out:
-        Path(out).write_text(json.dumps(res, indent=2, default=float))
+        atomic_write_text(out, json.dumps(res, indent=2, default=float))
     return res
 
 
@@ -580,37 +552,35 @@ def markdown(res: dict) -> str:
     lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, transformers {m['transformers']}, "
              f"load average {m['load_average'][0]:.1f} → {m.get('load_average_end', [0])[0]:.1f}; "
              f"fp32 mm peak {res.get('peak_flops', 0) / 1e9:.1f} GFLOP/s (best of {len(res.get('peak_flops_samples', []))})", ""]
-    lines += ["| target | goal | measured | baseline | result | met |", "|---|---|---|---|---|---|"]
-    for t in res.get("targets", []):
-        fmt = lambda x: f"{x:.4g}" if isinstance(x, float) else str(x)  # noqa: E731
-        lines.append(f"| {t['target']} | {t['goal']} | {fmt(t['measured'])} | {fmt(t['baseline'])} | {t['note']} | {'yes' if t['met'] else '**no**'} |")
+    fmt = lambda x: f"{x:.4g}" if isinstance(x, float) else str(x)  # noqa: E731
+    lines.append(markdown_table(["target", "goal", "measured", "baseline", "result", "met"],
+                                [[t["target"], t["goal"], fmt(t["measured"]), fmt(t["baseline"]), t["note"], "yes" if t["met"] else "**no**"]
+                                 for t in res.get("targets", [])]))
     for p, tr in res.get("train", {}).items():
         lines += ["", f"Training {p}, B×T = {tr['batch']}×{tr['seq_len']}:", "",
-                  "| variant | step s (median) | tok/s | MFU |", "|---|---|---|---|"]
-        for k, r in tr["variants"].items():
-            lines.append(f"| {k} | {r['step_s']:.3f} | {r['tok_per_s']:.0f} | {r['mfu']:.1%} |")
+                  markdown_table(["variant", "step s (median)", "tok/s", "MFU"],
+                                 [[k, f"{r['step_s']:.3f}", f"{r['tok_per_s']:.0f}", f"{r['mfu']:.1%}"] for k, r in tr["variants"].items()])]
+    nan = float("nan")
     for p, inf in res.get("inference", {}).items():
-        lines += ["", f"Inference {p} (B=1):", "",
-                  "| prompt | prefill rnope s | prefill HF s | × | decode tok/s rnope compiled / eager | HF generate tok/s | × (best) "
-                  "| weight-read floor tok/s (max × possible) |",
-                  "|---|---|---|---|---|---|---|---|"]
+        rows = []
         for L, r in inf.items():
-            if "error" in r:
-                lines.append(f"| {L} | {r['error']} ||||||")
+            if "error" in r:  # the other columns left empty
+                rows.append([L, r["error"], *[""] * 6])
                 continue
             ps, dec = r["prefill_s"], r["decode_tok_per_s"]
-            lines.append(f"| {L} | {ps['rnope']:.3f} | {ps.get('hf', float('nan')):.3f} | {r.get('prefill_speedup_vs_hf', float('nan')):.2f} | "
-                         f"{dec.get('rnope_compiled', float('nan')):.1f} / {dec['rnope_eager']:.1f} | {dec.get('hf', float('nan')):.1f} | "
-                         f"{r.get('decode_speedup_vs_hf', float('nan')):.2f} | {r['decode_floor_tok_per_s']:.1f} "
-                         f"({r.get('hf_max_possible_speedup', float('nan')):.2f}) |")
+            rows.append([L, f"{ps['rnope']:.3f}", f"{ps.get('hf', nan):.3f}", f"{r.get('prefill_speedup_vs_hf', nan):.2f}",
+                         f"{dec.get('rnope_compiled', nan):.1f} / {dec['rnope_eager']:.1f}", f"{dec.get('hf', nan):.1f}",
+                         f"{r.get('decode_speedup_vs_hf', nan):.2f}",
+                         f"{r['decode_floor_tok_per_s']:.1f} ({r.get('hf_max_possible_speedup', nan):.2f})"])
+        lines += ["", f"Inference {p} (B=1):", "",
+                  markdown_table(["prompt", "prefill rnope s", "prefill HF s", "×", "decode tok/s rnope compiled / eager", "HF generate tok/s",
+                                  "× (best)", "weight-read floor tok/s (max × possible)"], rows)]
     kv = res.get("kv_cache")
     if kv:
-        lines += ["", "KV cache (B=1, fp32):", "", "| preset | L | bytes | fraction of full | theory | error | HF bytes |", "|---|---|---|---|---|---|---|"]
-        for p, rows in kv.items():
-            for L, r in rows.items():
-                lines.append(f"| {p} | {L} | {r['bytes']:,} | {r['fraction']:.4f} | {r['theory']:.4f} | {r['rel_error']:+.2%} | "
-                             f"{r.get('hf_bytes') or '-':,} |" if r.get("hf_bytes") else
-                             f"| {p} | {L} | {r['bytes']:,} | {r['fraction']:.4f} | {r['theory']:.4f} | {r['rel_error']:+.2%} | - |")
+        lines += ["", "KV cache (B=1, fp32):", "",
+                  markdown_table(["preset", "L", "bytes", "fraction of full", "theory", "error", "HF bytes"],
+                                 [[p, L, f"{r['bytes']:,}", f"{r['fraction']:.4f}", f"{r['theory']:.4f}", f"{r['rel_error']:+.2%}",
+                                   f"{r['hf_bytes']:,}" if r.get("hf_bytes") else "-"] for p, rows in kv.items() for L, r in rows.items()])]
     sl = res.get("sliding")
     if sl:
         lines += ["", f"Sliding kernel (W={sl['window']}): t(8k) {sl['kernel_8k_s'] * 1e3:.1f} ms, t(16k) {sl['kernel_16k_s'] * 1e3:.1f} ms, "

@@ -18,7 +18,7 @@ mode        β(p)                                                config (``nope_
 ``log`` is DroPE's softmax scaling ``β = 1 + c·ln(L_test / L_train)`` applied per position (with
 ``L_test`` = p+1, and β = 1 inside the training length), so a query's scale depends on its own
 position only: the cached decode and the full forward compute the same logits. ``L_train`` is the
-checkpoint's training length (:func:`rnope.evals.runner.detect_train_seq_len`). The default
+checkpoint's training length (:func:`rnope.evals.predictor.detect_train_seq_len`). The default
 ``c = 0.1`` is the coefficient Llama 4 uses for the same kind of query scaling and YaRN's
 ``0.1·ln(s) + 1`` attention factor; ``fitted`` replaces it by the c that minimises the held-out NLL
 of the tokens between 2x and 4x the training length (:func:`fit`).
@@ -255,7 +255,7 @@ def apply(
 
         d = resolve(ckpt)
         if train_seq_len is None:
-            from .evals.runner import detect_train_seq_len
+            from .evals.predictor import detect_train_seq_len
 
             train_seq_len = detect_train_seq_len(d, model.config.max_seq_len)[0]
     L = train_seq_len or model.config.max_seq_len
@@ -345,7 +345,7 @@ def minimize(f: Callable[[float], float], lo: float, hi: float, *, grid: int = F
 
 
 def _nll(model, rows: Sequence[Sequence[int]], n_score: int, batch_size: int) -> float:
-    from .evals.runner import score_tokens
+    from .inference import score_tokens
 
     total, n = 0.0, 0
     for b in range(0, len(rows), batch_size):
@@ -472,7 +472,8 @@ def check_writable(d: Path | None, flag: str = "--nope-scale") -> None:
 def save_fit(ckpt_dir: str | os.PathLike, result: dict) -> Path:
     """Store a :func:`fit` result in the checkpoint's ``config.json`` (top-level ``"nope_scale"``,
     written atomically; the weights and their checksums are untouched). Returns the file."""
-    from .checkpoint import _atomic_write_text, read_meta
+    from .checkpoint import read_meta
+    from .outputs import atomic_write_text
 
     d = Path(ckpt_dir)
     check_writable(d, "nope_scale")
@@ -481,5 +482,5 @@ def save_fit(ckpt_dir: str | os.PathLike, result: dict) -> Path:
             "val_fraction", "seed", "search")
     meta[FIT_KEY] = {k: result[k] for k in keep if k in result}
     cfile = _config_file(d)
-    _atomic_write_text(cfile, json.dumps(meta, indent=2, sort_keys=True))
+    atomic_write_text(cfile, json.dumps(meta, indent=2, sort_keys=True))
     return cfile

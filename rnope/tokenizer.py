@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from .outputs import atomic_write_text
 
 __all__ = ["Tokenizer", "SPECIAL_TOKENS", "PAD", "BOS", "EOS", "N_BYTES", "check_vocab_fits"]
 
@@ -177,17 +178,7 @@ class Tokenizer:
         """Write ``tokenizer.json`` to the file ``path`` atomically (parent dirs are created)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(p, self.to_json())
 
     def to_json(self) -> str:
         """The ``tokenizer.json`` text."""

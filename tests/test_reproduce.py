@@ -309,7 +309,7 @@ def test_a_study_stopped_during_evaluation_resumes_with_its_finished_results(stu
 def test_cached_results_record_their_code_and_profile_and_are_never_mixed(study, tmp_path, capsys):
     import shutil
 
-    from rnope.provenance import source_hash
+    from rnope.outputs import source_hash
     from rnope.reproduce.profiles import get_profile
 
     h = get_profile("smoke").hash()

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..outputs import length_label
 from .segments import SEGMENTS
 
 __all__ = [
@@ -60,10 +61,6 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "model"
 
 
-def _label(L: int) -> str:
-    return f"{L // 1024}k" if L % 1024 == 0 else str(L)
-
-
 def segments_figure(results: Sequence[dict[str, Any]]):
     """Stacked segment-mass bars, one panel per layer group (at most three panels a row, shared y axis);
     a model without a group gets "n/a" instead of an empty bar."""
@@ -74,7 +71,7 @@ def segments_figure(results: Sequence[dict[str, Any]]):
     fig = _figure(panel_w * ncols + 1.3, 3.9 * nrows + 0.6)
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
     x = np.arange(len(results))
-    names = [f"{r['model']} {_label(r['length'])}" for r in results]
+    names = [f"{r['model']} {length_label(r['length'])}" for r in results]
     for k, ax in enumerate(axes.flat):
         if k >= len(groups):
             ax.set_visible(False)
@@ -132,7 +129,7 @@ def entropy_figure(result: dict[str, Any]):
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("query position i + 1 (tokens)")
     ax.set_ylabel("attention entropy (nats)")
-    ax.set_title(f"Entropy vs query position: {result['model']}, {_label(result['length'])} tokens", fontsize=11)
+    ax.set_title(f"Entropy vs query position: {result['model']}, {length_label(result['length'])} tokens", fontsize=11)
     ax.grid(True, alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=8, frameon=False, ncol=2 if n > 12 else 1)
     return fig
@@ -161,7 +158,7 @@ def position_profile_figure(results: Sequence[dict[str, Any]]):
                 ax.axvline(pp["needle_position"], color="0.4", ls=":", lw=1.2,
                            label=None if needle_labelled else "needle position")
                 needle_labelled = True
-        ax.set_title(f"{_label(L)} tokens", fontsize=11)
+        ax.set_title(f"{length_label(L)} tokens", fontsize=11)
         ax.set_xlabel("key position (fraction of probe)")
         ax.set_xlim(0, 1)
         ax.set_ylim(bottom=0)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..outputs import check_out_dir, length_label, markdown_table, write_files
+from ..outputs import versions as _versions
 from ..tasks import Item, passkey
 from .capture import DEFAULT_CHUNK_BYTES, attention_rows, run_observed
 from .entropy import BASE, query_positions, row_entropy, uniform_reference
@@ -353,9 +354,8 @@ def analyze(
 
 
 def versions() -> dict[str, str]:
-    from .. import __version__
-
-    return {"rnope": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    """The versions ``analysis.json`` records: rnope, torch, numpy, python."""
+    return _versions(("rnope", "torch", "numpy", "python"))
 
 
 # ------------------------------------------------------------------------------------------ markdown
@@ -365,10 +365,6 @@ def _fmt(x, digits: int = 3) -> str:
     if x != 0 and abs(x) < 10 ** -digits:
         return f"{x:.1e}"
     return f"{x:.{digits}f}"
-
-
-def _length_label(L: int) -> str:
-    return f"{L // 1024}k" if L % 1024 == 0 else str(L)
 
 
 def render_markdown(doc: dict[str, Any], figures: Sequence[str] = ()) -> str:
@@ -388,81 +384,70 @@ def render_markdown(doc: dict[str, Any], figures: Sequence[str] = ()) -> str:
         "",
         "## Attention mass by segment (all layers)",
         "",
-        "| length | model | begin | needle | context | end |",
-        "|---|---|---|---|---|---|",
+        markdown_table(["length", "model", *SEGMENTS],
+                       [[length_label(L), m, *(_fmt(by[(m, L)]["segments"]["all"][k]) for k in SEGMENTS)]
+                        for L in lengths for m in models if (m, L) in by]),
     ]
-    for L in lengths:
+
+    def labour(groups: tuple[str, str]) -> list[list[str]]:
+        """Needle and End mass of two layer groups per (model, length); ``–`` where a model has no such layers."""
+        rows = []
         for m in models:
-            if (m, L) in by:
-                s = by[(m, L)]["segments"]["all"]
-                lines.append(f"| {_length_label(L)} | {m} | " + " | ".join(_fmt(s[k]) for k in SEGMENTS) + " |")
+            for L in lengths:
+                if (m, L) in by:
+                    seg = by[(m, L)]["segments"]
+                    cells = []
+                    for g in groups:
+                        cells += [_fmt(seg[g]["needle"], 4), _fmt(seg[g]["end"], 4)] if g in seg else ["–", "–"]
+                    rows.append([m, length_label(L), *cells])
+        return rows
+
     lines += [
         "",
         "## Division of labour (mass per layer type)",
         "",
-        "| model | length | NoPE-layer needle | NoPE-layer end | RoPE-layer needle | RoPE-layer end |",
-        "|---|---|---|---|---|---|",
-    ]
-    for m in models:
-        for L in lengths:
-            if (m, L) in by:
-                seg = by[(m, L)]["segments"]
-                cells = []
-                for g in ("nope_layers", "rope_layers"):
-                    cells += [_fmt(seg[g]["needle"], 4), _fmt(seg[g]["end"], 4)] if g in seg else ["–", "–"]
-                lines.append(f"| {m} | {_length_label(L)} | " + " | ".join(cells) + " |")
-    lines += [
+        markdown_table(["model", "length", "NoPE-layer needle", "NoPE-layer end", "RoPE-layer needle", "RoPE-layer end"],
+                       labour(("nope_layers", "rope_layers"))),
         "",
-        "| model | length | sliding needle | sliding end | global needle | global end |",
-        "|---|---|---|---|---|---|",
+        markdown_table(["model", "length", "sliding needle", "sliding end", "global needle", "global end"],
+                       labour(("sliding_layers", "global_layers"))),
     ]
+    rows = []
     for m in models:
+        cells = []
         for L in lengths:
-            if (m, L) in by:
-                seg = by[(m, L)]["segments"]
-                cells = []
-                for g in ("sliding_layers", "global_layers"):
-                    cells += [_fmt(seg[g]["needle"], 4), _fmt(seg[g]["end"], 4)] if g in seg else ["–", "–"]
-                lines.append(f"| {m} | {_length_label(L)} | " + " | ".join(cells) + " |")
+            e = by.get((m, L), {}).get("entropy")
+            cells.append(f"{_fmt(e['all'], 2)} / {_fmt(e['uniform_reference'], 2)}" if e else "–")
+        rows.append([m, *cells])
     lines += [
         "",
         "## Attention entropy (nats, natural log; End queries, mean over heads and layers)",
         "",
         "Each cell: entropy / uniform reference ln n (n = keys visible to the query, averaged).",
         "",
-        "| model | " + " | ".join(_length_label(L) for L in lengths) + " |",
-        "|---|" + "---|" * len(lengths),
+        markdown_table(["model", *(length_label(L) for L in lengths)], rows),
     ]
-    for m in models:
-        cells = []
-        for L in lengths:
-            e = by.get((m, L), {}).get("entropy")
-            cells.append(f"{_fmt(e['all'], 2)} / {_fmt(e['uniform_reference'], 2)}" if e else "–")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "## Per layer", ""]
     for m in models:
         for L in lengths:
             r = by.get((m, L))
             if not r:
                 continue
-            lines += [
-                f"### {m}, {_length_label(L)} ({r['tokens']:g} tokens)",
-                "",
-                "| layer | type | begin | needle | context | end | entropy | ln n |",
-                "|---|---|---|---|---|---|---|---|",
-            ]
+            rows = []
             for row in r["per_layer"]:
                 typ = ("RoPE" if row["rope"] else "NoPE") + " " + row["span"]
                 if row.get("window"):
                     typ += f"({row['window']})"
                 if row.get("chunk"):
                     typ += f"({row['chunk']})"
-                lines.append(
-                    f"| {row['layer']} | {typ} | "
-                    + " | ".join(_fmt(row[k], 4) for k in SEGMENTS)
-                    + f" | {_fmt(row['entropy'], 2)} | {_fmt(row['uniform_reference'], 2)} |"
-                )
-            lines.append("")
+                rows.append([row["layer"], typ, *(_fmt(row[k], 4) for k in SEGMENTS),
+                             _fmt(row["entropy"], 2), _fmt(row["uniform_reference"], 2)])
+            lines += [
+                f"### {m}, {length_label(L)} ({r['tokens']:g} tokens)",
+                "",
+                markdown_table(["layer", "type", *SEGMENTS, "entropy", "ln n"], rows),
+                "",
+            ]
     if figures:
         lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]
     v = doc.get("versions") or {}
@@ -472,18 +457,11 @@ def render_markdown(doc: dict[str, Any], figures: Sequence[str] = ()) -> str:
 
 
 # ------------------------------------------------------------------------------------------- writing
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(out: str | os.PathLike, doc: dict[str, Any], *, figures: bool = True) -> list[Path]:
     """Write ``analysis.json`` (``doc``), ``analysis.md`` and (``figures``) the PNG figures into
-    ``out`` (created if needed); every file is written to a temporary name and renamed."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output '{out}' exists and is not a directory")
+    ``out`` (created if needed; :func:`rnope.outputs.check_out_dir` with ``new=False``); every file
+    is written to a temporary name and renamed."""
+    out = check_out_dir(out, new=False, label="output")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     names: list[str] = []
@@ -492,6 +470,6 @@ def write_report(out: str | os.PathLike, doc: dict[str, Any], *, figures: bool =
 
         names = write_figures(out, doc["results"])
         written += [out / n for n in names]
-    _atomic_write(out / "analysis.json", json.dumps(doc, indent=1, sort_keys=False, allow_nan=False) + "\n")
-    _atomic_write(out / "analysis.md", render_markdown(doc, names))
+    write_files(out, {"analysis.json": json.dumps(doc, indent=1, sort_keys=False, allow_nan=False) + "\n",
+                      "analysis.md": render_markdown(doc, names)})
     return [out / "analysis.json", out / "analysis.md", *written]

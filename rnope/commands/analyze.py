@@ -100,6 +100,7 @@ def run(args) -> int:
     import torch
 
     from ..analysis.report import build_probes, versions, write_report
+    from ..outputs import check_out_dir
 
     # ---- arguments
     from ..evals.args import parse_lengths
@@ -113,9 +114,7 @@ def run(args) -> int:
     from ..nope_scale import apply, check_checkpoint, parse_mode
 
     nope_mode = parse_mode(args.nope_scale)[0]
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out '{out}' exists and is not a directory")
+    out = check_out_dir(args.out, new=False)  # analysis.json, analysis.md and figures are added to it
     essay = None
     if args.haystack == "essay":
         if not args.essay:
@@ -128,7 +127,7 @@ def run(args) -> int:
             raise ValueError(f"--essay file '{args.essay}' cannot be read ({e.__class__.__name__})") from None
     elif args.essay:
         raise ValueError("--essay is only used with --haystack essay")
-    from ..evals.runner import pick_device, pick_dtype
+    from ..runtime import pick_device, pick_dtype
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)

@@ -33,9 +33,9 @@ def run(args) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.rounds is not None and args.rounds < 1:
         raise ValueError(f"--rounds must be >= 1, got {args.rounds}")
-    from ..evals.report import check_out_dir
+    from ..outputs import check_out_dir
 
-    out = check_out_dir(args.out)  # a directory, as every other --out: DIR/bench.json
+    out = check_out_dir(args.out, new=False)  # a directory, as every other --out: DIR/bench.json
     mod = _module()
     mod.check_args(args)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..convert import convert
-    from ..outdir import check_new_dir
+    from ..outputs import check_new_dir
     from ..outlock import OutLock
 
     out = Path(args.out)

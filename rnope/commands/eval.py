@@ -5,8 +5,8 @@ directory), ``--names``, ``--out DIR``, ``--seed``, ``--samples``, ``--batch-siz
 and ``--dtype``; shows progress on stderr; and writes JSON (settings, model configs, seed,
 versions), a Markdown table and PNG figures into ``DIR``. All arguments -- including every length
 against the prompt template with each model's tokenizer -- are checked before any model runs, and
-files are written only at the end, atomically (``NAME.tmp`` + rename), so a failed run leaves
-nothing in ``DIR``.
+files are written only at the end, atomically (temporary files beside them, renamed once all are
+written: :func:`rnope.outputs.write_files`), so a failed run leaves nothing in ``DIR``.
 """
 
 from __future__ import annotations
@@ -104,10 +104,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _check_common(args) -> None:
-    from ..evals.report import check_out_dir
-    from ..evals.runner import model_names, parse_names, pick_device, pick_dtype
+    from ..outputs import check_out_dir
+    from ..evals.args import model_names, parse_names
+    from ..runtime import pick_device, pick_dtype
 
-    check_out_dir(args.out)
+    check_out_dir(args.out, new=False)  # the evaluation adds its files to the directory
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.samples is not None and args.samples < 1:
@@ -122,7 +123,8 @@ def _check_common(args) -> None:
 
 
 def _load(args, need_tokenizer: bool = True, fit_kw: dict | None = None):
-    from ..evals.runner import load_predictors, parse_names
+    from ..evals.args import parse_names
+    from ..evals.predictor import load_predictors
 
     return load_predictors(args.ckpt, parse_names(args.names, len(args.ckpt)), device=args.device, dtype=args.dtype,
                            batch_size=args.batch_size, need_tokenizer=need_tokenizer, nope_scale=args.nope_scale,
@@ -153,7 +155,7 @@ def _run_niah(args):
 
 def _run_ruler(args):
     from ..evals import ruler
-    from ..evals.runner import parse_lengths
+    from ..evals.args import parse_lengths
 
     parse_lengths(args.lengths)
     ruler.parse_tasks(args.tasks)
@@ -170,7 +172,7 @@ def _run_ruler(args):
 
 def _run_ppl(args):
     from ..evals import ppl
-    from ..evals.runner import parse_lengths
+    from ..evals.args import parse_lengths
 
     lengths = parse_lengths(args.lengths)
     if args.score_tokens is None:
@@ -192,7 +194,7 @@ def _run_ppl(args):
 
 def _run_mqar(args):
     from ..evals import mqar
-    from ..evals.runner import parse_lengths
+    from ..evals.args import parse_lengths
 
     parse_lengths(args.lengths)
     parse_lengths(args.pairs, "--pairs")

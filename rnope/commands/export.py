@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..interop.hf import check_out_dir, export
+    from ..interop.hf import export
+    from ..outputs import check_new_dir
     from ..outlock import OutLock
     from pathlib import Path
 
@@ -30,7 +31,7 @@ def run(args) -> int:
     # one writer per output: the lock beside it, before the checks (a live export is named, not "not empty")
     lock = OutLock(out) if out.parent.is_dir() else None
     try:
-        check_out_dir(out)  # refuse before loading the model
+        check_new_dir(out)  # refuse before loading the model
         out = export(args.ckpt, args.out)
     finally:
         if lock is not None:

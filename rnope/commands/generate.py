@@ -65,24 +65,14 @@ def _read_prompts(path: str) -> list[dict]:
     return rows
 
 
-def _check_output(out) -> None:
-    """--output can be written: not a directory, and its parent is (or can become) a directory."""
-    if out.is_dir():
-        raise ValueError(f"--output '{out}' is a directory")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--output '{out}': '{parent}' is not a directory")
-            break
-
-
 def run(args) -> int:
     from pathlib import Path
 
     from ..checkpoint import load
-    from ..evals.runner import pick_device, pick_dtype
-    from ..generate import check_sampling, generate
+    from ..runtime import pick_device, pick_dtype
+    from ..inference import check_sampling, generate
     from ..nope_scale import apply, check_checkpoint, parse_mode
+    from ..outputs import atomic_write_text, check_out_file
 
     if args.input and not args.output:
         raise ValueError("--input needs --output")
@@ -94,7 +84,7 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.output:
-        _check_output(Path(args.output))
+        check_out_file(args.output, label="--output")
     rows = _read_prompts(args.input) if args.input else None
     if args.prompt is not None and not args.prompt:
         raise ValueError("--prompt is empty")
@@ -142,13 +132,7 @@ def run(args) -> int:
             results.append({**r, "completion": tok.decode(o)})
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results), encoding="utf-8")
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
     print(f"wrote {len(results)} completions to {out}", file=sys.stderr)
     return 0
 

@@ -17,9 +17,10 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..checkpoint import read_config
-    from ..interop.hf import check_out_dir, import_hf
+    from ..interop.hf import import_hf
+    from ..outputs import check_new_dir
 
-    check_out_dir(Path(args.out))
+    check_new_dir(Path(args.out))
     out = import_hf(args.hf_dir, args.out)
     cfg, _ = read_config(out)
     tok = "with" if (out / "tokenizer.json").exists() else "without"

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
-    from ..evals.runner import pick_device
+    from ..runtime import pick_device
     from ..reproduce import get_profile, run_study
 
     if args.seeds is not None and args.seeds < 1:  # (0 must not mean "the profile's default")

@@ -44,6 +44,7 @@ def _int(flag: str, raw: str | None) -> int | None:
 
 def run(args) -> int:
     from ..data import doc_unit, iter_documents, split_flags
+    from ..outputs import check_out_file
     from ..tokenizer import Tokenizer
 
     vocab = _int("--vocab-size", args.vocab_size)
@@ -58,14 +59,7 @@ def run(args) -> int:
         raise ValueError(f"--vocab-size must be >= 260 (3 specials + 256 bytes + 1 merge), got {vocab}")
     if max_chars is not None and max_chars < 1:
         raise ValueError(f"--max-chars must be >= 1, got {max_chars}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out '{out}' is a directory")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out '{out}': '{parent}' is not a directory")
-            break
+    out = check_out_file(args.out, label="--out")
     if not args.data.startswith(("builtin", "hf:")):
         p = Path(args.data)
         if not p.exists():

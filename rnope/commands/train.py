@@ -110,24 +110,11 @@ def _check_data(spec: str) -> None:
 
 
 def _run_info() -> dict:
-    import platform
-    import sys
+    """``run.json``'s ``git_sha``, ``hardware`` and ``versions``."""
+    from ..outputs import git_commit, machine, versions
 
-    import numpy
-    import tokenizers
-    import torch
-
-    from .. import __version__
-    from ..provenance import git_commit
-
-    sha = git_commit()
-    hw = {"machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-          "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
-    if torch.cuda.is_available():
-        hw["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return {"git_sha": sha, "hardware": hw,
-            "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "rnope": __version__,
-                         "numpy": numpy.__version__, "tokenizers": tokenizers.__version__}}
+    return {"git_sha": git_commit(), "hardware": machine("run"),
+            "versions": versions(("python", "torch", "rnope", "numpy", "tokenizers"))}
 
 
 def build_plan(args):
@@ -135,22 +122,16 @@ def build_plan(args):
     from ..checkpoint import read_config
     from ..cli import model_overrides
     from ..config import ModelConfig
+    from ..outputs import check_out_dir
     from ..tokenizer import Tokenizer
     from ..train import Plan, RunConfig, load_run_file, stage_model_configs
     from ..train.distributed import resolve_mode
-    from ..train.mix import check_synthetic
+    from ..train.stream import check_synthetic
     from ..train.state import STATE_JSON, latest_checkpoint
 
     import json
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out '{out}' exists and is not a directory")
-    for parent in out.parents:  # --out can be created
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out '{out}': '{parent}' is not a directory")
-            break
+    out = check_out_dir(args.out, new=False)  # a new run or one to resume: --out can be created
     cli = {field: _typed(flag, getattr(args, field), kind) for flag, (field, kind) in _FLAGS.items() if getattr(args, field) is not None}
     if args.preset is not None:
         cli["preset"] = args.preset

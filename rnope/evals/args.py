@@ -8,6 +8,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..outputs import safe_name
+
 __all__ = ["file_safe", "item_seed", "model_names", "parse_depths", "parse_lengths", "parse_names", "trained_preset"]
 
 # ----------------------------------------------------------------------------------------- parsing
@@ -71,13 +73,10 @@ def parse_names(text: str | None, n: int) -> list[str] | None:
     return names
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
-
-
 def file_safe(name: str) -> str:
-    """A model name as it may appear in a file name (``swa (rnope-swa)`` -> ``swa_rnope-swa``)."""
-    return _safe(name)
+    """A model name as it may appear in a file name (``swa (rnope-swa)`` -> ``swa_rnope-swa``;
+    :func:`rnope.outputs.safe_name`)."""
+    return safe_name(name)
 
 
 def trained_preset(ckpt: str) -> str | None:
@@ -101,13 +100,13 @@ def model_names(ckpts: Sequence[str], names: Sequence[str] | None = None) -> lis
     out = []
     for i, c in enumerate(ckpts):
         if names is not None:
-            out.append(_safe(names[i]))
+            out.append(safe_name(names[i]))
             continue
         p = Path(c).resolve()
         n = p.name
         if p.parent.name == "checkpoints" and p.parent.parent.name:
             n = f"{p.parent.parent.name}-{n}"
-        n = _safe(n)
+        n = safe_name(n)
         preset = trained_preset(c)
         out.append(n if preset is None or preset == n else f"{n} ({preset})")
     dup = sorted({n for n in out if out.count(n) > 1})

@@ -85,7 +85,7 @@ def passkey_rows(n: int = 20, lengths: Sequence[int] = (512, 1024), seed: int = 
     """``n`` passkey items (docs/evaluation.md) per length (depths spread over 0-100 %), fitted with ``encode``
     (default: the byte-level tokenizer, so lengths are in bytes)."""
     from ..tasks import passkey
-    from .runner import item_seed
+    from .args import item_seed
 
     if encode is None:
         from ..tokenizer import Tokenizer
@@ -127,9 +127,9 @@ def write_passkey_task(out_dir: str | Path, *, n: int = 20, lengths: Sequence[in
         raise ValueError(f"'{d}' exists and is not a directory")
     d.mkdir(parents=True, exist_ok=True)
     data = d / "passkey.jsonl"
-    tmp = data.with_name(data.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in passkey_rows(n, lengths, seed, encode)))
-    tmp.replace(data)
+    from ..outputs import atomic_write_text
+
+    atomic_write_text(data, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in passkey_rows(n, lengths, seed, encode)))
     out = [data]
     for name, cfg in passkey_task_configs(str(data), str(d / ".hf_cache")).items():
         p = d / f"{name}.yaml"
@@ -168,7 +168,7 @@ if _LM is not None:
             **kwargs: Any,
         ) -> None:
             super().__init__()
-            from .runner import load_predictor
+            from .predictor import load_predictor
 
             extra = {k: v for k, v in kwargs.items() if k not in ("max_batch_size", "trust_remote_code")}
             if extra:
@@ -202,7 +202,7 @@ if _LM is not None:
             return self.predictor.tokenizer.eos_id
 
         def _progress(self, n: int, desc: str, disable: bool):
-            from .runner import progress_bar
+            from .items import progress_bar
 
             return progress_bar(n, desc, not disable)
 
@@ -402,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.add_argument("--lengths", default="512,1024", help="prompt lengths in byte-level tokens")
         ap.add_argument("--seed", type=int, default=0)
         a = ap.parse_args(argv[1:])
-        from .runner import parse_lengths
+        from .args import parse_lengths
 
         for p in write_passkey_task(a.dir, n=a.n, lengths=parse_lengths(a.lengths), seed=a.seed):
             print(p)

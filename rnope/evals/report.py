@@ -1,9 +1,9 @@
 """Outputs of the evaluations: versions, atomic writes, Markdown tables and PNG figures.
 
 Everything is rendered in memory first (JSON text, Markdown text, PNG bytes) and only then written
-with :func:`write_outputs` -- each file to ``NAME.tmp`` and ``os.replace``-d into place -- so a
-failed run leaves no partial output. Figures use matplotlib's Agg canvas directly (no pyplot global
-state, no display needed).
+with :func:`write_outputs` -- each file to a temporary file beside it, all renamed into place once
+all are written (:func:`rnope.outputs.write_files`) -- so a failed run leaves no partial output.
+Figures use matplotlib's Agg canvas directly (no pyplot global state, no display needed).
 
 Heatmaps (:func:`heatmap_png`) follow docs/evaluation.md: rows = depth % with 0 at the top, columns = context
 length, colour = mean score on a fixed 0-1 colour-blind-safe sequential scale (viridis), each cell
@@ -18,11 +18,14 @@ import io
 import json
 import math
 import os
-import platform
 import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..outputs import check_out_dir as _check_out_dir
+from ..outputs import length_label as _length_label
+from ..outputs import markdown_table, versions, write_files
 
 __all__ = [
     "DPI",
@@ -49,49 +52,11 @@ __all__ = [
 DPI = 100
 
 
-# --------------------------------------------------------------------------------------- metadata
-def _dist_version(name: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-def versions() -> dict[str, Any]:
-    """Versions that affect results: rnope (+ git commit when run from a checkout), Python, torch,
-    numpy, tokenizers, transformers / lm_eval when installed, and the platform."""
-    import torch
-
-    from .. import __version__
-    from ..provenance import git_commit
-
-    v: dict[str, Any] = {
-        "rnope": __version__,
-        "git_commit": git_commit(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "platform": platform.platform(),
-    }
-    for dist in ("numpy", "tokenizers", "transformers", "lm_eval"):
-        v[dist] = _dist_version(dist)
-    return v
-
-
 # --------------------------------------------------------------------------------------- writing
 def check_out_dir(out: str | os.PathLike) -> Path:
-    """Validate ``--out`` without creating it: it may be missing or a directory, never a file."""
-    p = Path(out)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"--out '{p}' exists and is not a directory")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"--out '{p}': '{parent}' is not a directory")
-            break
-    return p
+    """Validate ``--out`` without creating it: it may be missing or a directory (evaluations add
+    their files to it), never a file (:func:`rnope.outputs.check_out_dir` with ``new=False``)."""
+    return _check_out_dir(out, new=False)
 
 
 def to_json(obj: Any) -> str:
@@ -110,24 +75,9 @@ def to_json(obj: Any) -> str:
 
 
 def write_outputs(out: str | os.PathLike, files: Mapping[str, str | bytes]) -> list[Path]:
-    """Write ``{file name: text or bytes}`` into ``out`` (created if missing): every file goes to
-    ``NAME.tmp`` first, and only when all are written are they renamed into place."""
-    d = check_out_dir(out)
-    d.mkdir(parents=True, exist_ok=True)
-    tmps: list[tuple[Path, Path]] = [(d / (name + ".tmp"), d / name) for name in files]
-    try:
-        for (tmp, _), data in zip(tmps, files.values()):
-            if isinstance(data, str):
-                tmp.write_text(data, encoding="utf-8")
-            else:
-                tmp.write_bytes(data)
-    except BaseException:
-        for tmp, _ in tmps:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, final in tmps:
-        os.replace(tmp, final)
-    return [final for _, final in tmps]
+    """Write ``{file name: text or bytes}`` into ``out`` (checked with :func:`check_out_dir`, created
+    if missing), all or nothing (:func:`rnope.outputs.write_files`)."""
+    return write_files(check_out_dir(out), files)
 
 
 # --------------------------------------------------------------------------------------- markdown
@@ -142,11 +92,9 @@ def fmt(x: Any, digits: int = 2) -> str:
 
 
 def md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], digits: int = 2) -> str:
-    """A GitHub Markdown table; floats printed with ``digits`` decimals."""
-    head = "| " + " | ".join(map(str, headers)) + " |"
-    sep = "|" + "|".join("---" for _ in headers) + "|"
-    body = ["| " + " | ".join(fmt(c, digits) for c in r) + " |" for r in rows]
-    return "\n".join([head, sep, *body]) + "\n"
+    """A GitHub Markdown table (:func:`rnope.outputs.markdown_table`) ending in a newline; cells
+    written with :func:`fmt`, floats with ``digits`` decimals."""
+    return markdown_table(headers, [[fmt(c, digits) for c in r] for r in rows]) + "\n"
 
 
 # --------------------------------------------------------------------------------------- figures
@@ -186,10 +134,6 @@ def heatmap_size(n_lengths: int, n_depths: int) -> tuple[int, int]:
     """Pixel (width, height) of :func:`heatmap_png` for a grid of that many lengths and depths."""
     w, h = _heatmap_inches(n_lengths, n_depths)
     return int(round(w * DPI)), int(round(h * DPI))
-
-
-def _length_label(n: int) -> str:
-    return f"{n // 1024}k" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
 def plain_number(v: float, _pos: Any = None) -> str:

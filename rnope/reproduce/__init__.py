@@ -20,7 +20,8 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
     """Run (or resume) a study into ``out``; returns the path of ``REPORT.md``."""
     import torch
 
-    from .runner import Study, _safe, machine
+    from ..outputs import atomic_write_text, machine, safe_name
+    from .runner import Study
 
     seeds = profile.seeds if seeds is None else seeds
     if seeds < 1:
@@ -41,12 +42,12 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
         _, _, meta = prepare_dataset("builtin", tok, study.out / "cache")
         study.train_all()
         evals = study.evaluate_all()
-        runs = [json.loads((study.out / "runs" / _safe(n) / "DONE").read_text()) for _, _, n in study.run_names()]
+        runs = [json.loads((study.out / "runs" / safe_name(n) / "DONE").read_text()) for _, _, n in study.run_names()]
         setup = {
             "seeds": seeds,
             "minutes": study.active_seconds() / 60,  # wall time of all its invocations (resumes included, gaps not)
             "train_seconds": sum(r.get("seconds", 0) for r in runs),
-            "machine": ", ".join(f"{k} {v}" for k, v in machine().items() if v is not None),
+            "machine": ", ".join(f"{k} {v}" for k, v in machine("summary").items() if v is not None),
             "corpus_hash": meta.get("corpus_hash"),
             "tokens_per_model": profile.tokens_per_model(),
             "threads": torch.get_num_threads(),
@@ -54,12 +55,10 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
             "fixed_eval_items": all("eval_seeds" in e for e in evals.values()),
         }
         results = build_results(profile, evals, setup)
-        (study.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        atomic_write_text(study.out / "results.json", json.dumps(results, indent=1, default=str))
         figures(results, profile, study.out / "figures")
         report = study.out / "REPORT.md"
-        tmp = report.with_suffix(".tmp")
-        tmp.write_text(render(results, profile))
-        os.replace(tmp, report)
+        atomic_write_text(report, render(results, profile))
         study.say(f"wrote {report}")
     finally:
         study.record_time()

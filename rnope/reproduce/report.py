@@ -6,6 +6,8 @@ import math
 import statistics
 from typing import Any
 
+from ..outputs import markdown_table
+
 # the paper's §3 (arXiv 2501.18795; 8B models, as reported there)
 PAPER_VAL = {"rope": 1.52, "qknorm": 1.53, "nope": 1.58}
 PAPER_NEEDLES_65K = {"rope": 9.82, "qknorm": 7.93, "nope": 9.03}
@@ -156,74 +158,72 @@ def render(results: dict, profile) -> str:
     facs = profile.niah_factors
     lengths = [str(f * L) for f in facs]
     for col in profile.niah_columns:
-        lines += ["", f"### `{col}`", "", "| model | " + " | ".join(f"{f}× ({f * L})" for f in facs) + " |",
-                  "|---|" + "---|" * len(facs)]
-        for n, m in ms.items():
-            lines.append(f"| {n} | " + " | ".join(_niah_row(m, col, lengths)) + " |")
+        lines += ["", f"### `{col}`", "",
+                  markdown_table(["model", *(f"{f}× ({f * L})" for f in facs)], [[n, *_niah_row(m, col, lengths)] for n, m in ms.items()])]
     if n_seeds > 1:
         lines += ["", f"Per seed, `{profile.primary}` (seeds " + ", ".join(map(str, any_m["per_seed"]["seed"])) + "):", "",
-                  "| model | " + " | ".join(f"{f}×" for f in facs) + " |", "|---|" + "---|" * len(facs)]
-        for n, m in ms.items():
-            lines.append(f"| {n} | " + " | ".join(_seeds(m["per_seed"]["niah"].get(profile.primary, {}).get(x, []))
-                                                  for x in lengths) + " |")
+                  markdown_table(["model", *(f"{f}×" for f in facs)],
+                                 [[n, *(_seeds(m["per_seed"]["niah"].get(profile.primary, {}).get(x, [])) for x in lengths)]
+                                  for n, m in ms.items()])]
     multi = n_seeds > 1
     lines += [""] + [f"![NIAH {n}{' (seed 0)' if multi else ''}](figures/niah_{n}{'%23seed0' if multi else ''}.png)"
                      for n in ("rope", "nope", "rnope-swa", "swa") if n in ms] + [""]
     # ---- Table 2 analogue
-    lines += ["## Table 2 analogue: short-context loss and retrieval", "",
-              f"| model | val loss @ {L} | paper val loss | NIAH 1× | NIAH {facs[-1]}× | paper needles 65k |", "|---|---|---|---|---|---|"]
+    rows = []
     for n, m in ms.items():
         c = m["niah"].get(profile.primary, {})
         sd = m["spread"]["niah"].get(profile.primary, {})
-        lines.append(f"| {n} | {_pm(m['val_loss'], m['spread']['val_loss'])} | {_f(PAPER_VAL.get(n), 2)} | "
-                     f"{_pm(c.get(str(L)), sd.get(str(L)), 2)} | {_pm(c.get(lengths[-1]), sd.get(lengths[-1]), 2)} | "
-                     f"{_f(PAPER_NEEDLES_65K.get(n), 2)} |")
+        rows.append([n, _pm(m["val_loss"], m["spread"]["val_loss"]), _f(PAPER_VAL.get(n), 2), _pm(c.get(str(L)), sd.get(str(L)), 2),
+                     _pm(c.get(lengths[-1]), sd.get(lengths[-1]), 2), _f(PAPER_NEEDLES_65K.get(n), 2)])
+    lines += ["## Table 2 analogue: short-context loss and retrieval", "",
+              markdown_table(["model", f"val loss @ {L}", "paper val loss", "NIAH 1×", f"NIAH {facs[-1]}×", "paper needles 65k"], rows)]
     lines += ["", f"Validation loss: next-token loss on the held-out split of the built-in prose at {L} tokens. NIAH: "
               f"`{profile.primary}`.", ""]
     # ---- segments
-    lines += ["## Attention mass by segment (End queries; all layers and heads)", "",
-              "| model | length | begin | needle | context | end | paper (8k / 32k) begin·needle·context·end |", "|---|---|---|---|---|---|---|"]
+    rows = []
     for n, m in ms.items():
         for Ls, seg in m["segments"].items():
             a, sa = seg.get("all", {}), _spread(m, "segments", Ls).get("all", {})
             paper = PAPER_SEGMENTS.get(n)
             ptxt = " / ".join("·".join(f"{v:g}" for v in paper[k]) for k in ("8k", "32k")) if paper else "–"
-            lines.append(f"| {n} | {Ls} | " + " | ".join(_pm(a.get(k), sa.get(k), 4) for k in SEG) + f" | {ptxt} |")
-    lines += ["", "![segment mass](figures/segments.png)", "", "## Attention entropy (nats, End queries, mean over layers and heads)", "",
-              "| model | " + " | ".join(str(f * L) for f in profile.analysis_factors) + " | paper 8k / 32k / 128k |",
-              "|---|" + "---|" * (len(profile.analysis_factors) + 1)]
+            rows.append([n, Ls, *(_pm(a.get(k), sa.get(k), 4) for k in SEG), ptxt])
+    lines += ["## Attention mass by segment (End queries; all layers and heads)", "",
+              markdown_table(["model", "length", *SEG, "paper (8k / 32k) begin·needle·context·end"], rows)]
+    rows = []
     for n, m in ms.items():
         p = PAPER_ENTROPY.get(n)
-        lines.append(f"| {n} | " + " | ".join(_pm(m["entropy"].get(str(f * L)), _spread(m, "entropy", str(f * L)), 2)
-                                              for f in profile.analysis_factors)
-                     + f" | {' / '.join(map(str, p)) if p else '–'} |")
+        rows.append([n, *(_pm(m["entropy"].get(str(f * L)), _spread(m, "entropy", str(f * L)), 2) for f in profile.analysis_factors),
+                     " / ".join(map(str, p)) if p else "–"])
+    lines += ["", "![segment mass](figures/segments.png)", "", "## Attention entropy (nats, End queries, mean over layers and heads)", "",
+              markdown_table(["model", *(str(f * L) for f in profile.analysis_factors), "paper 8k / 32k / 128k"], rows)]
     # ---- division of labour
     Lx = str(max(profile.analysis_factors) * L)
-    lines += ["", f"## Division of labour by layer type (at {Lx} tokens), the RNoPE theta ablation", "",
-              "| model | NoPE-layer needle | NoPE-layer end | RoPE-layer needle | RoPE-layer end | NIAH at that length | paper row |",
-              "|---|---|---|---|---|---|---|"]
+    rows = []
     for n, m in ms.items():
         seg, sd = m["segments"].get(Lx, {}), _spread(m, "segments", Lx)
         cells = [_pm(seg.get(g, {}).get(k), sd.get(g, {}).get(k), 4) for g in ("nope_layers", "rope_layers") for k in ("needle", "end")]
         p = PAPER_LABOUR.get(n)
         ptxt = " · ".join("–" if v is None else _f(v, 4 if i < 4 else 2) for i, v in enumerate(p)) if p else "–"
         nv = m["niah"].get(profile.primary, {}).get(Lx)
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {_pm(nv, m['spread']['niah'].get(profile.primary, {}).get(Lx), 2)} | {ptxt} |")
+        rows.append([n, *cells, _pm(nv, m["spread"]["niah"].get(profile.primary, {}).get(Lx), 2), ptxt])
+    lines += ["", f"## Division of labour by layer type (at {Lx} tokens), the RNoPE theta ablation", "",
+              markdown_table(["model", "NoPE-layer needle", "NoPE-layer end", "RoPE-layer needle", "RoPE-layer end",
+                              "NIAH at that length", "paper row"], rows)]
     lines += _ruler_section(ms, profile)
     # ---- ppl, KV
     pl = sorted({int(k) for m in ms.values() for k in m["ppl"]})
     lines += ["", "## Perplexity vs evaluation length (same final tokens scored at every length)", "",
-              "| model | " + " | ".join(map(str, pl)) + " |", "|---|" + "---|" * len(pl)]
-    for n, m in ms.items():
-        lines.append(f"| {n} | " + " | ".join(_pm(m["ppl"].get(str(x)), m["spread"]["ppl"].get(str(x)), 2) for x in pl) + " |")
-    lines += ["", "![perplexity vs length](figures/ppl.png)", "", "## KV cache and decode speed at the longest NIAH length", "",
-              "| model | length | KV bytes | of full attention | theory 0.25+0.75·W/L (RNoPE-SWA) | decode tok/s |", "|---|---|---|---|---|---|"]
+              markdown_table(["model", *pl], [[n, *(_pm(m["ppl"].get(str(x)), m["spread"]["ppl"].get(str(x)), 2) for x in pl)]
+                                              for n, m in ms.items()])]
     note = ("Decode tok/s is one 32-token run per model, measured while other work may share the CPU: "
             "use `rnope bench` for speed claims; the KV bytes are exact.")
+    rows = []
     for n, m in ms.items():
         k = m["kv_speed"]
         theory = 0.25 + 0.75 * profile.window / (k["length"] + 32) if m["preset"].startswith("rnope-swa") else None
-        lines.append(f"| {n} | {k['length']} | {k['kv_bytes']:,} | {k['kv_ratio']:.3f} | {_f(theory, 3)} | {k['decode_tok_s']:.0f} |")
+        rows.append([n, k["length"], f"{k['kv_bytes']:,}", f"{k['kv_ratio']:.3f}", _f(theory, 3), f"{k['decode_tok_s']:.0f}"])
+    lines += ["", "![perplexity vs length](figures/ppl.png)", "", "## KV cache and decode speed at the longest NIAH length", "",
+              markdown_table(["model", "length", "KV bytes", "of full attention", "theory 0.25+0.75·W/L (RNoPE-SWA)", "decode tok/s"], rows)]
     lines += ["", note, "", "## What reproduced and what did not", "",
               f"Every verdict reads `{profile.primary}`"
               + (f" and holds only if it holds in each of the {n_seeds} seeds" if n_seeds > 1 else "")
@@ -248,18 +248,15 @@ def _ruler_section(ms: dict, profile) -> list[str]:
            ""]
     for x in rl:
         out.append(f"- {x} tokens ({x // L}×): {', '.join(run.get(str(x), profile.ruler_tasks))}.")
-    out += ["", "| model | " + " | ".join(f"{x} ({x // L}×, {len(run.get(str(x), profile.ruler_tasks))} tasks)" for x in rl)
-            + " |", "|---|" + "---|" * len(rl)]
-    for n, m in ms.items():
-        out.append(f"| {n} | " + " | ".join(_pm(m["ruler"].get(str(x)), m["spread"]["ruler"].get(str(x)), 1) for x in rl) + " |")
+    out += ["", markdown_table(["model", *(f"{x} ({x // L}×, {len(run.get(str(x), profile.ruler_tasks))} tasks)" for x in rl)],
+                               [[n, *(_pm(m["ruler"].get(str(x)), m["spread"]["ruler"].get(str(x)), 1) for x in rl)]
+                                for n, m in ms.items()])]
     shown = list(dict.fromkeys([rl[0], *[x for x in rl if x > profile.long_factor * L][:1]]))
     for x in shown:
         tasks = run.get(str(x), list(profile.ruler_tasks))
-        out += ["", f"Per task at {x} tokens ({x // L}×):", "", "| model | " + " | ".join(tasks) + " |",
-                "|---|" + "---|" * len(tasks)]
-        for n, m in ms.items():
-            out.append(f"| {n} | " + " | ".join(_pm(m["ruler_tasks"].get(f"{t}@{x}"),
-                                                    m["spread"]["ruler_tasks"].get(f"{t}@{x}"), 1) for t in tasks) + " |")
+        out += ["", f"Per task at {x} tokens ({x // L}×):", "",
+                markdown_table(["model", *tasks], [[n, *(_pm(m["ruler_tasks"].get(f"{t}@{x}"), m["spread"]["ruler_tasks"].get(f"{t}@{x}"), 1)
+                                                         for t in tasks)] for n, m in ms.items()])]
     return out
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import torch
 import yaml
 
+from ..outputs import atomic_write_text, safe_name
 from .profiles import ModelSpec, Profile
 
 STUDY_FILE = "study.json"
@@ -43,7 +43,7 @@ class Study:
 
     def stamp(self) -> dict[str, Any]:
         """What every cached result records: the study's profile hash and the code that produced it."""
-        from ..provenance import code
+        from ..outputs import code
 
         return {"profile_hash": self.p.hash(), "code": self.code or code()}
 
@@ -71,7 +71,7 @@ class Study:
         """Lock ``out`` against a second writer, then create it or check it holds this very study: the
         same profile hash and the same code (results of two code versions are never mixed)."""
         from ..outlock import OutLock
-        from ..provenance import code
+        from ..outputs import code
 
         out, h = self.out, self.p.hash()
         if out.exists() and not out.is_dir():
@@ -104,11 +104,9 @@ class Study:
         self._write_marker(self.active_before)
 
     def _write_marker(self, active: float) -> None:
-        marker = self.out / STUDY_FILE
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"hash": self.p.hash(), "started": self.started, "active_seconds": active,
-                                   "code": self.code, "profile": self.p.to_dict(), "seeds": self.seeds}, indent=1, default=str))
-        os.replace(tmp, marker)
+        atomic_write_text(self.out / STUDY_FILE, json.dumps(
+            {"hash": self.p.hash(), "started": self.started, "active_seconds": active, "code": self.code,
+             "profile": self.p.to_dict(), "seeds": self.seeds}, indent=1, default=str))
 
     def active_seconds(self) -> float:
         """Wall time this study has run, summed over its invocations (not the idle time between resumes)."""
@@ -159,13 +157,13 @@ class Study:
         }
 
     def train_one(self, spec: ModelSpec, seed: int, name: str, threads: int) -> float:
-        run_dir = self.out / "runs" / _safe(name)
+        run_dir = self.out / "runs" / safe_name(name)
         done = run_dir / "DONE"
         if done.exists():
             self.check_stamp(str(done), json.loads(done.read_text()))
             return 0.0
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        cfg = self.out / "runs" / f"{_safe(name)}.yaml"
+        cfg = self.out / "runs" / f"{safe_name(name)}.yaml"
         cfg.write_text(yaml.safe_dump(self.run_config(spec, seed), sort_keys=False))
         cmd = [sys.executable, "-m", "rnope", "train", "--config", str(cfg), "--out", str(run_dir)]
         if (run_dir / "checkpoints").exists():
@@ -206,7 +204,7 @@ class Study:
                 proc.kill()
 
     def train_all(self) -> None:
-        todo = [(m, s, n) for m, s, n in self.run_names() if not (self.out / "runs" / _safe(n) / "DONE").exists()]
+        todo = [(m, s, n) for m, s, n in self.run_names() if not (self.out / "runs" / safe_name(n) / "DONE").exists()]
         if not todo:
             return
         jobs = max(1, min(self.jobs, len(todo)))
@@ -229,7 +227,7 @@ class Study:
 
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate_one(self, spec: ModelSpec, seed: int, name: str, threads: int | None = None) -> dict[str, Any]:
-        path = self.out / "evals" / f"{_safe(name)}.json"
+        path = self.out / "evals" / f"{safe_name(name)}.json"
         if path.exists():
             doc = json.loads(path.read_text())
             self.check_stamp(str(path), doc)
@@ -240,11 +238,11 @@ class Study:
         from ..evals import ruler as ruler_eval
         from ..evals.report import write_outputs
         from ..data.heldout import heldout_prose
-        from ..evals.runner import load_predictor
+        from ..evals.predictor import load_predictor
 
         torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
         p, L = self.p, self.p.seq_len
-        run_dir = self.out / "runs" / _safe(name)
+        run_dir = self.out / "runs" / safe_name(name)
         pred = load_predictor(str(run_dir), name=name, device=self.device, batch_size=4)
         pred.train_seq_len = L  # the pre-training length: NIAH "beyond training length" is measured from it
         model, tok = pred.model, pred.tokenizer
@@ -290,9 +288,7 @@ class Study:
         analysis = analyze(model, tok, [f * L for f in p.analysis_factors], p.analysis_samples, seed=EVAL_SEEDS["analysis"], name=name)
         res["analysis"] = analysis
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(res, default=_jsonable))
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(res, default=_jsonable))
         return res
 
     def evaluate_all(self) -> dict[str, dict]:
@@ -301,7 +297,7 @@ class Study:
         import multiprocessing
 
         names = self.run_names()
-        todo = [(m, s, n) for m, s, n in names if not (self.out / "evals" / f"{_safe(n)}.json").exists()]
+        todo = [(m, s, n) for m, s, n in names if not (self.out / "evals" / f"{safe_name(n)}.json").exists()]
         jobs = max(1, min(self.jobs, len(todo)))
         threads = max(1, (os.cpu_count() or 1) // jobs)
         if todo:
@@ -331,7 +327,7 @@ class Study:
                 pool.join()
         docs = {}
         for _, _, n in names:
-            path = self.out / "evals" / f"{_safe(n)}.json"
+            path = self.out / "evals" / f"{safe_name(n)}.json"
             docs[n] = json.loads(path.read_text())
             self.check_stamp(str(path), docs[n])
         return docs
@@ -406,21 +402,24 @@ def validation_loss(model, cache_dir: Path, tok, L: int, max_rows: int = 32) -> 
 def kv_and_decode(model, length: int, new_tokens: int = 32) -> dict[str, float]:
     """Hybrid KV bytes after ``length`` tokens vs a full-attention cache, and decode tokens/s."""
     cfg = model.config
-    dev = model.embed_tokens.weight.device
+    from ..inference import Decoder, prefill
+
     cache = model.new_cache(1, length + new_tokens)
     per_pos = 2 * cfg.n_kv_head * cfg.head_dim * model.embed_tokens.weight.element_size()
     full = cfg.n_layer * (length + new_tokens) * per_pos
-    prompt = torch.randint(3, cfg.vocab_size, (1, length), generator=torch.Generator().manual_seed(0)).to(dev)
-    t = time.perf_counter()
-    logits = model(prompt, cache=cache)[:, -1]
-    prefill = time.perf_counter() - t
-    tok = logits.argmax(-1)
-    t = time.perf_counter()
-    for _ in range(new_tokens):
-        tok = model(tok[:, None], cache=cache)[:, -1].argmax(-1)
-    decode = time.perf_counter() - t
+    prompt = torch.randint(3, cfg.vocab_size, (1, length), generator=torch.Generator().manual_seed(0)).tolist()
+    with torch.inference_mode():
+        t = time.perf_counter()
+        logits = prefill(model, prompt, cache)
+        prefill_s = time.perf_counter() - t
+        tok = logits.argmax(-1)
+        t = time.perf_counter()
+        step = Decoder(model, cache)  # the decode step rnope generate runs (eager)
+        for _ in range(new_tokens):
+            tok = step(tok).argmax(-1)
+        decode = time.perf_counter() - t
     return {"length": length, "kv_bytes": cache.nbytes, "full_kv_bytes": full, "kv_ratio": cache.nbytes / full,
-            "prefill_s": prefill, "decode_tok_s": new_tokens / decode}
+            "prefill_s": prefill_s, "decode_tok_s": new_tokens / decode}
 
 
 def _mean(xs) -> float:
@@ -437,21 +436,9 @@ def _ppl_by_length(doc: dict) -> dict[str, float]:
     return {str(x["length"]): x["ppl"] for x in doc["results"][0]["points"]}
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
 def _jsonable(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if hasattr(x, "tolist"):
         return x.tolist()
     return str(x)
-
-
-def machine() -> dict[str, Any]:
-    from .. import __version__
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "rnope": __version__,
-            "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
