@@ -8,9 +8,10 @@ runs interleaved (base, new, base, new, ...) so the machine's load hits both ali
 the ≈7M shape of ``rnope.bench`` (rnope-swa unless noted):
 
 * train step eager and compiled, B×T = 8×512 (forward, fp32 cross-entropy, backward, clip, AdamW);
-* prefill at 2k and 16k tokens (``generate.prefill``), and rope at 16k for the swa/rope ratio;
-* decode, ms per token after a 2k prompt: base = ``decode_one_token`` (``model(token, cache)``),
-  new = :class:`rnope.fast.Decoder` eager and compiled.
+* prefill at 2k and 16k tokens (``prefill`` of the package's inference module), and rope at 16k
+  for the swa/rope ratio;
+* decode, ms per token after a 2k prompt: base = ``model(token, cache)``, new =
+  :class:`rnope.decode.Decoder` eager and compiled.
 
 Prints a Markdown table (median seconds, after/before) and writes the JSON.
 """
@@ -107,6 +108,14 @@ def decode_fn(model, make_step, L: int = 2048, n: int = 32):
     return run
 
 
+def _inference_module(pkg: str):
+    """The module holding ``prefill``: ``inference`` (or ``generate`` in older revisions)."""
+    try:
+        return importlib.import_module(f"{pkg}.inference")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"{pkg}.generate")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ref", default="HEAD")
@@ -120,13 +129,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     parts = set(a.only.split(","))
     import rnope
-    import rnope.fast
+    import rnope.decode
 
-    new_gen = importlib.import_module("rnope.generate")  # (rnope.generate is also the function)
+    new_gen = _inference_module("rnope")
 
     tmp = tempfile.TemporaryDirectory()
     base_pkg = load_base(a.ref, Path(tmp.name))
-    base_gen = importlib.import_module("rnope_base.generate")
+    base_gen = _inference_module("rnope_base")
     res: dict = {"machine": bench.machine_info(), "ref": a.ref, "rounds": a.rounds, "rows": {}}
     compile = not a.no_compile
 
@@ -150,10 +159,10 @@ def main(argv=None) -> int:
     if "decode" in parts:
         base, new = models(rnope, base_pkg, "rnope-swa", 4096)
         base.eval(), new.eval()
-        fns = {"before": decode_fn(base, lambda cache: (lambda tok: base_gen.decode_one_token(base, tok, cache))),
-               "after_eager": decode_fn(new, lambda cache: rnope.fast.Decoder(new, cache))}
+        fns = {"before": decode_fn(base, lambda cache: (lambda tok: base(tok[:, None], cache=cache)[:, -1])),
+               "after_eager": decode_fn(new, lambda cache: rnope.decode.Decoder(new, cache))}
         if compile:
-            fns["after_compiled"] = decode_fn(new, lambda cache: rnope.fast.Decoder(new, cache, compile=True))
+            fns["after_compiled"] = decode_fn(new, lambda cache: rnope.decode.Decoder(new, cache, compile=True))
             fns["after_compiled"]()  # compile outside the timing
         record("decode after 2k prompt (s/token)", fns)
     rows = res["rows"]

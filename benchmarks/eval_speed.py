@@ -1,7 +1,7 @@
 """Evaluation speed: seconds per NIAH sample at 8k tokens, hybrid cache vs dense.
 
 Builds passkey items (docs/evaluation.md) of ``--length`` byte-level tokens (depths spread over 0-100 %) and
-greedily completes them through :class:`rnope.evals.runner.ModelPredictor` -- left-padded
+greedily completes them through :class:`rnope.evals.predictor.ModelPredictor` -- left-padded
 batches, chunked prefill into the hybrid KV cache, then 16 decode steps -- for:
 
 * ``rnope-swa``        : the paper's SSSN model (3 RoPE sliding-window layers : 1 NoPE global),
@@ -29,7 +29,7 @@ import time
 import torch
 
 from rnope import ModelConfig, Transformer
-from rnope.evals.runner import ModelPredictor
+from rnope.evals.predictor import ModelPredictor
 from rnope.tasks import passkey
 from rnope.tokenizer import Tokenizer
 

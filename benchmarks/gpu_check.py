@@ -13,7 +13,7 @@ is recorded as skipped rather than overrunning. Sections:
    not a multiple of the 128-token block; FlashAttention ``window_size=(W-1, 0)`` too when the
    ``flash_attn`` package is installed.
 2. **model** — a small rnope-swa on the GPU: ``attn_impl="auto"`` (FlexAttention) vs ``"reference"``
-   logits and gradients; cached decode (:class:`rnope.fast.Decoder`, eager and compiled) vs the
+   logits and gradients; cached decode (:class:`rnope.decode.Decoder`, eager and compiled) vs the
    uncached forward.
 3. **train** — a ≈125M-parameter rnope-swa (12 layers, d_model 768, 12 heads, 4 KV heads, d_ff 3072,
    vocab 32768, window 1024) at T = 8192, batch 8: bf16 autocast, fused AdamW, ``torch.compile`` of
@@ -191,7 +191,7 @@ def _decode_variant(model, seq, full, P, N, warm, timed, comp, graphs, dev) -> d
 
     ``graphs``: the library's CUDA-graph decode (``Decoder(cuda_graphs=True)``: the compiled step
     under ``mode="reduce-overhead"``, the cache buffers static, each step's logits copied)."""
-    from rnope.fast import Decoder
+    from rnope.decode import Decoder
 
     cache = model.new_cache(2, P + N + warm + timed)
     logits = [model(seq[:, :P], cache=cache)]

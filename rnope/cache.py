@@ -17,21 +17,6 @@ import torch
 from .config import LayerSpec, ModelConfig
 
 
-def write_static(k_buf, v_buf, t_buf, k: torch.Tensor, v: torch.Tensor, times: torch.Tensor):
-    """Write new keys/values (B, Hkv, T, D) at stream ``times`` (T,) into slots ``times % size`` of
-    fixed-size buffers, in place; return the whole buffers ``(k_buf, v_buf, t_buf)`` to attend.
-
-    The static-shape counterpart of :meth:`LayerCache.update` for decode (T <= size): the slot
-    comes from a tensor, not a Python int, so ``torch.compile`` traces one graph for every step.
-    A full layer's buffer holds every position (``times < size``), so its slot is the time itself.
-    """
-    slots = times % k_buf.shape[2]
-    k_buf.index_copy_(2, slots, k.to(k_buf.dtype))
-    v_buf.index_copy_(2, slots, v.to(v_buf.dtype))
-    t_buf.index_copy_(0, slots, times)
-    return k_buf, v_buf, t_buf
-
-
 class LayerCache:
     """K/V store of one layer. ``slots`` = None keeps every position; otherwise a ring buffer."""
 
@@ -46,43 +31,40 @@ class LayerCache:
         # stream time held by each slot (-1 = empty); only rings need it
         self.time = torch.full((self.size,), -1, dtype=torch.long, device=device)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, times: torch.Tensor, seen: int):
-        """Store new keys at ``times`` = seen..seen+T-1; return (keys, values, key_times) to attend.
+    def write(self, k: torch.Tensor, v: torch.Tensor, times: torch.Tensor) -> None:
+        """The one cache write: keys/values (B, Hkv, T, D) at stream ``times`` (T,) go to slots
+        ``times % size``, in place (a ring keeps the last ``size`` of them; a full layer's buffer
+        holds every position, so its slot is the time itself). The slot comes from a tensor, never
+        a Python int, so a compiled decode step traces one graph for every token."""
+        keep = min(k.shape[2], self.size)
+        if keep < k.shape[2]:
+            k, v, times = k[:, :, -keep:], v[:, :, -keep:], times[-keep:]
+        slots = times % self.size
+        self.k.index_copy_(2, slots, k.to(self.k.dtype))
+        self.v.index_copy_(2, slots, v.to(self.v.dtype))
+        self.time.index_copy_(0, slots, times)
 
-        The returned keys are everything the new queries may need: for a global layer the prefix
-        up to the newest token; for a ring the old slots followed by the new keys (so a prefill
-        longer than W still sees its own window), or just the ring for a single decoded token.
+    def update(self, k: torch.Tensor, v: torch.Tensor, times: torch.Tensor, seen: int | None):
+        """Store new keys at ``times``; return (keys, values, key_times) for the new queries to attend.
+
+        ``seen`` None (static shapes, the decode step): write, then return the whole fixed-size
+        buffers; unwritten and out-of-window slots are masked by their times. Otherwise ``times`` =
+        seen..seen+T-1 and the returned keys are everything the new queries may need: for a global
+        layer the prefix up to the newest token; for a ring the old slots followed by the new keys
+        (so a chunk longer than W still sees its own window), or just the ring for one token.
         """
         T = k.shape[2]
-        if not self.ring:
-            self.store(k, v, times, seen)
-            return self.k[:, :, : seen + T], self.v[:, :, : seen + T], self.time[: seen + T]
-        if T == 1:  # write first, then attend the ring: static shapes for decode
-            self._write(k, v, times)
+        if seen is None or (self.ring and T == 1):
+            self.write(k, v, times)
             return self.k, self.v, self.time
-        keys = torch.cat((self.k, k), dim=2)
-        vals = torch.cat((self.v, v), dim=2)
+        if not self.ring:
+            self.write(k, v, times)
+            return self.k[:, :, : seen + T], self.v[:, :, : seen + T], self.time[: seen + T]
+        keys = torch.cat((self.k, k.to(self.k.dtype)), dim=2)
+        vals = torch.cat((self.v, v.to(self.v.dtype)), dim=2)
         key_times = torch.cat((self.time, times))
-        self._write(k, v, times)
+        self.write(k, v, times)
         return keys, vals, key_times
-
-    def store(self, k: torch.Tensor, v: torch.Tensor, times: torch.Tensor, seen: int) -> None:
-        """Store new keys without returning anything (a fresh prefill attends its own keys)."""
-        if self.ring:
-            self._write(k, v, times)
-        else:
-            T = k.shape[2]
-            self.k[:, :, seen : seen + T] = k
-            self.v[:, :, seen : seen + T] = v
-            self.time[seen : seen + T] = times
-
-    def _write(self, k, v, times):
-        keep = min(k.shape[2], self.size)
-        k, v, times = k[:, :, -keep:], v[:, :, -keep:], times[-keep:]
-        slots = times % self.size
-        self.k[:, :, slots] = k
-        self.v[:, :, slots] = v
-        self.time[slots] = times
 
     @property
     def nbytes(self) -> int:

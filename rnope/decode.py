@@ -1,134 +1,142 @@
 """Static-shape decode: one token per row through fixed-size cache buffers, optionally compiled.
 
-gpt-fast's recipe: the cache buffers never change shape, the write slot and the
-visibility mask come from the stream time as a *tensor*, and nothing in the step reads a Python int
-that changes between steps — so ``torch.compile(decode_step, dynamic=False)`` traces one graph and
-reuses it for every token. Each layer writes its new K/V at ``slot = time % size`` (a ring for
-sliding layers, the position itself for global layers) and attends its whole buffer; unwritten or
+gpt-fast's recipe: the cache buffers never change shape, the write slot and the visibility mask
+come from the stream time as a *tensor*, and nothing in the step reads a Python int that changes
+between steps, so ``torch.compile(decode_step, dynamic=False)`` traces one graph and reuses it for
+every token. The step is the model's own forward (:meth:`rnope.model.Transformer.hidden` and
+``logits``) with a static-shape cache context (``Context.seen = None``): each layer writes its new
+K/V through :meth:`rnope.cache.LayerCache.write` at ``slot = time % size`` (a ring for sliding
+layers, the position itself for global layers) and attends its whole buffer; unwritten or
 out-of-window slots are masked by :func:`rnope.kernels.visibility` from the slot times.
 
-On CPU a B=1 step should be bound by streaming the weights from memory, but one row times a
-matrix through BLAS (``F.linear``) reads them at about a third of the bandwidth a plain sum gets,
-and each of the ~50 products and ~16 attention matmuls is a separate call. The compiled B=1 CPU
-step therefore projects with :func:`matvec_linear` and attends with :func:`matvec_attention`:
-broadcast products summed over the reduced axis, which inductor fuses with the norms, RoPE, cache
-writes and softmax into one C++ kernel that streams each weight once (``cpp_wrapper`` calls it
-without the Python wrapper's per-buffer work). :func:`decode_weights` concatenates q/k/v and
-gate/up for it; for the eager step it gives row-major transposed copies of gate/up and the head,
-which stream faster through BLAS than the (out, in) weights. Only the order of fp32 sums changes.
+Decode weight layouts are modules swapped into a *decode copy* of the model by :func:`fuse` (the
+copy shares every parameter with the model; only the fused matrices are copies):
 
-:func:`decode_step` is the eager reference; :class:`Decoder` drives it (compiled when asked and
-possible, eager otherwise) and keeps the cache's ``seen`` in step. The cache it leaves behind is
-the one ``model(token[:, None], cache=cache)`` would have left, so the two can be mixed.
+* ``matvec`` (the compiled one-row CPU step): q/k/v and gate/up each concatenated into one
+  :class:`FusedLinear`, and every projection and the head computed by
+  :func:`rnope.kernels.matvec_linear`, with cached attention by the ``matvec`` backend; inductor
+  fuses the step into one C++ kernel that streams each weight once (``cpp_wrapper`` calls it without
+  the Python wrapper's per-buffer work).
+* ``rowmajor`` (the eager CPU step): gate/up concatenated and the head, as row-major (in, out)
+  copies: one row times a long row-major matrix streams ~25% faster through BLAS than ``F.linear``.
+
+Only the order of fp32 sums changes. :class:`Decoder` drives the step (compiled when asked and
+possible, eager otherwise) and keeps the cache's ``seen`` in step; the cache it leaves behind is the
+one ``model(token[:, None], cache=cache)`` would have left, so the two can be mixed.
 """
 
 from __future__ import annotations
 
+import copy
+import shutil
 import warnings
+from typing import Sequence
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from .cache import HybridCache
-from .kernels.masks import fill_empty_rows
+from .cache import HybridCache, LayerCache
+from .kernels import matvec_linear
 from .model import Context, Transformer
 
-__all__ = ["Decoder", "compile_available", "decode_step", "decode_weights", "matvec_attention", "matvec_linear"]
+__all__ = ["DECODE_WEIGHTS_MAX_BYTES", "Decoder", "FusedLinear", "compile_available", "decode_step", "fuse"]
 
 
-def decode_step(model: Transformer, tokens: torch.Tensor, time: torch.Tensor, start: torch.Tensor | None, kv: tuple,
-                wts: tuple | None = None, matvec: bool = False) -> torch.Tensor:
-    """tokens (B, 1) at stream time ``time`` (1,) long -> logits (B, vocab).
+class FusedLinear(nn.Module):
+    """One projection computed as ``kind`` says, with the same outputs as ``F.linear(x, weight, bias)``.
 
-    ``kv``: per layer ``(k, v, time)`` cache buffers (written in place); ``start`` (B,) left padding
-    or None; ``wts``: optional decode weight layouts from :func:`decode_weights` made with the same
-    ``matvec``. Pure tensor code: the function :class:`Decoder` compiles.
+    ``weight`` (out, in), e.g. q/k/v concatenated. ``kind``: ``linear`` (``F.linear``), ``matvec``
+    (:func:`rnope.kernels.matvec_linear`, compiled code only) or ``rowmajor`` (``x @ wᵀ`` with a
+    row-major transposed copy of the weight). Holds tensors, not parameters: a decode snapshot.
     """
-    B = tokens.shape[0]
-    positions = time[None].expand(B, 1) if start is None else (time[None] - start[:, None]).clamp(min=0)
-    ctx = Context(times=time, positions=positions, start=start, cache=None, impl=model.attn_impl, kv=kv)
-    if wts is not None:
-        ctx.dec, ctx.head = wts
-        ctx.linear = matvec_linear if matvec else _matmul_t
-    if matvec:
-        ctx.attend = matvec_attention
-    return model.logits(model.hidden(tokens, ctx), ctx)[:, -1]
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, kind: str = "linear"):
+        super().__init__()
+        if kind not in ("linear", "matvec", "rowmajor"):
+            raise ValueError(f"FusedLinear kind must be linear, matvec or rowmajor, got {kind!r}")
+        self.kind = kind
+        self.weight = weight.t().contiguous() if kind == "rowmajor" else weight
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "matvec":
+            y = matvec_linear(x, self.weight)
+        elif self.kind == "rowmajor":
+            y = x @ self.weight
+        else:
+            return F.linear(x, self.weight, self.bias)
+        return y if self.bias is None else y + self.bias
 
 
-def matvec_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, w)`` written as a broadcast product summed over ``in``: x (..., in), w (out, in).
-
-    Only for compiled code: inductor turns it into one vectorised streaming reduction over ``w``
-    (no (…, out, in) temporary) that reads the weights at close to memory bandwidth, where the
-    BLAS gemv of a single row reaches a third of it on CPU. The same products, summed in another
-    order (fp32 rounding only)."""
-    return (x.unsqueeze(-2) * w).sum(-1)
+DECODE_WEIGHTS_MAX_BYTES = 256 * 2**20  # largest total of copied matrices a decode copy may hold
 
 
-def matvec_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """:func:`rnope.kernels.sdpa.decode` with its two matmuls written as broadcast products and sums,
-    for compiled code only (like :func:`matvec_linear`): inductor fuses scores, mask and softmax
-    into a few loops over the cached keys, where the batched gemv of one query row is slow on CPU.
-    Past ``MATVEC_PV_BMM_KEYS`` keys, p·V goes back to a bmm, which reads a long V faster.
-    q (B, H, Tq, D), k/v (B, Hkv, S, D), allowed (B|1, 1, Tq, S)."""
-    B, H, Tq, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
-    r = H // Hkv
-    qg = q.float().reshape(B, Hkv, r * Tq, D)  # query head h = kv·r + j shares KV head kv (GQA)
-    scores = (qg.unsqueeze(-2) * k.float().unsqueeze(2)).sum(-1) * D**-0.5  # (B, Hkv, r·Tq, S)
-    ok = fill_empty_rows(allowed)[:, :, None]  # (B|1, 1, 1, Tq, S)
-    scores = scores.view(B, Hkv, r, Tq, S).masked_fill(~ok, float("-inf"))
-    p = scores.softmax(dim=-1).view(B, Hkv, r * Tq, S)
-    if S > MATVEC_PV_BMM_KEYS:  # long caches: p·V as a batched matmul streams V faster (see below)
-        return (p @ v.float()).view(B, H, Tq, D).to(q.dtype)
-    return (p.unsqueeze(-1) * v.float().unsqueeze(2)).sum(-2).view(B, H, Tq, D).to(q.dtype)
+def _cat(*mods: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    w = torch.cat([m.weight for m in mods])
+    b = None if mods[0].bias is None else torch.cat([m.bias for m in mods])
+    return w, b
 
 
-# Above this many cached keys :func:`matvec_attention` computes p·V as a bmm: 8 global layers of
-# 2 KV heads × 64 dims, compiled, 2 threads (benchmarks/RESULTS.md): 4160 keys 2.38 -> 2.21 ms,
-# 8256 keys 4.96 -> 4.48 ms, 16448 keys 10.05 -> 8.27 ms; at 2112 keys the reduction is faster
-# (0.83 against 0.87 ms). The branch is taken at trace time (one graph per cache length).
-MATVEC_PV_BMM_KEYS = 4096
-
-
-def _matmul_t(x: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
-    return x @ wt  # wt (in, out): a row-major transposed copy
-
-
-DECODE_WEIGHTS_MAX_BYTES = 256 * 2**20
+def _shallow(module: nn.Module) -> nn.Module:
+    """A new module object sharing the parameters, buffers and attributes of ``module``, whose
+    children can be replaced without touching the original."""
+    new = copy.copy(module)
+    new._modules = type(module._modules)(module._modules)
+    return new
 
 
 @torch.no_grad()
-def decode_weights(model: Transformer, matvec: bool = False) -> tuple | None:
-    """Weight layouts for decoding a few rows: ``(per layer (qkv, o, gate_up, down), head)``.
+def fuse(model: Transformer, kind: str) -> Transformer | None:
+    """A decode copy of ``model`` with the ``kind`` weight layouts (module doc) swapped in, or None
+    when the copied matrices would exceed ``DECODE_WEIGHTS_MAX_BYTES`` or ``rowmajor`` is asked for
+    off the CPU (then decode with ``model`` itself).
 
-    ``matvec`` (compiled B=1 CPU decode, projected by :func:`matvec_linear`): (out, in) matrices,
-    q/k/v and gate/up concatenated (copies: one streaming reduction each instead of three and two),
-    o, down and the head the modules' own weights. Otherwise (eager, projected as ``x @ w``): only
-    gate/up concatenated and the head, as row-major (in, out) copies — on CPU one row times a long
-    row-major matrix streams ~25% faster than ``F.linear`` — and None for the rest (the modules).
-
-    A snapshot: the decoder holding it must not outlive a weight update. None when the copies would
-    exceed ``DECODE_WEIGHTS_MAX_BYTES``, or off the CPU without ``matvec``.
+    A snapshot: the copy shares the model's parameters, but its fused matrices are copies, so a
+    copy must not outlive a weight update (:class:`Decoder` makes one per decode).
     """
+    if kind not in ("matvec", "rowmajor"):
+        raise ValueError(f"decode layout must be matvec or rowmajor, got {kind!r}")
     head = model.embed_tokens.weight if model.config.tie_embeddings else model.lm_head.weight
-    if head.device.type != "cpu" and not matvec:
+    if head.device.type != "cpu" and kind == "rowmajor":
         return None
-    layers = [(b.self_attn, b.mlp) for b in model.layers]
-    copied = (lambda a, m: (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)) if matvec else (lambda a, m: (m.gate_proj, m.up_proj))
-    extra = sum(t.weight.numel() * t.weight.element_size() for a, m in layers for t in copied(a, m))
-    if not matvec:
-        extra += head.numel() * head.element_size()
+    matvec = kind == "matvec"
+    size = lambda *ms: sum(m.weight.numel() * m.weight.element_size() for m in ms)  # noqa: E731
+    extra = sum(size(b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj) if matvec else 0 for b in model.layers)
+    extra += sum(size(b.mlp.gate_proj, b.mlp.up_proj) for b in model.layers)
+    extra += 0 if matvec else head.numel() * head.element_size()
     if extra > DECODE_WEIGHTS_MAX_BYTES:
         return None
-    per_layer = []
-    for a, m in layers:
-        gate_up = torch.cat((m.gate_proj.weight, m.up_proj.weight))
+    dm = _shallow(model)
+    blocks = []
+    for block in model.layers:
+        b, a, m = _shallow(block), _shallow(block.self_attn), _shallow(block.mlp)
+        m.gate_up_proj = FusedLinear(*_cat(block.mlp.gate_proj, block.mlp.up_proj), kind=kind)
         if matvec:
-            qkv = torch.cat((a.q_proj.weight, a.k_proj.weight, a.v_proj.weight))
-            per_layer.append((qkv, a.o_proj.weight, gate_up, m.down_proj.weight))
-        else:
-            per_layer.append((None, None, gate_up.t().contiguous(), None))
-    return tuple(per_layer), (head if matvec else head.t().contiguous())
+            a.qkv_proj = FusedLinear(*_cat(a.q_proj, a.k_proj, a.v_proj), kind=kind)
+            a.o_proj = FusedLinear(a.o_proj.weight, None, kind)
+            m.down_proj = FusedLinear(m.down_proj.weight, None, kind)
+        b.self_attn, b.mlp = a, m
+        blocks.append(b)
+    dm.layers = nn.ModuleList(blocks)
+    dm.lm_head = FusedLinear(head, None, kind)
+    if matvec and model.attn_impl != "reference":  # the reference kernel stays the reference
+        dm.attn_impl = "matvec"
+    return dm
+
+
+def decode_step(model: Transformer, tokens: torch.Tensor, time: torch.Tensor, start: torch.Tensor | None,
+                layers: Sequence[LayerCache]) -> torch.Tensor:
+    """tokens (B, 1) at stream time ``time`` (1,) long -> logits (B, vocab).
+
+    ``layers``: the per-layer caches (``HybridCache.layers``, written in place); ``start`` (B,) left
+    padding or None; ``model``: the model or a decode copy from :func:`fuse`. Pure tensor code: the
+    function :class:`Decoder` compiles.
+    """
+    B = tokens.shape[0]
+    positions = time[None].expand(B, 1) if start is None else (time[None] - start[:, None]).clamp(min=0)
+    ctx = Context(times=time, positions=positions, start=start, kv=layers, seen=None, impl=model.attn_impl)
+    return model.logits(model.hidden(tokens, ctx))[:, -1]
 
 
 _COMPILED: dict = {}
@@ -147,8 +155,6 @@ def _compiled(device_type: str = "cpu", graphs: bool = False):
 
 def compile_available() -> bool:
     """Whether ``torch.compile`` can be tried here (inductor needs a C++ compiler on CPU)."""
-    import shutil
-
     if not hasattr(torch, "compile"):
         return False
     if torch.cuda.is_available():
@@ -159,10 +165,10 @@ def compile_available() -> bool:
 class Decoder:
     """Decode one token per row into ``cache`` (after its prefill): ``logits = dec(token)``.
 
-    compile: ``True`` compiles the step (one graph per model, batch size and cache length; the first
-    call pays the compile), ``False`` runs it eagerly; a failed compile warns and falls back to eager.
-    On CPU it snapshots decode weight layouts (:func:`decode_weights`): make a new Decoder after
-    changing the weights (``generate`` makes one per call).
+    compile: ``True`` compiles the step (one graph per model shape, batch size and cache length; the
+    first call pays the compile), ``False`` runs it eagerly; a failed compile warns and falls back to
+    eager. On CPU it decodes through a decode copy of the model (:func:`fuse`): make a new Decoder
+    after changing the weights (``generate`` makes one per call).
 
     cuda_graphs: with ``compile`` on a CUDA cache, replay the step as a CUDA graph
     (``mode="reduce-overhead"``; the cache buffers are marked as static addresses, so the graph
@@ -174,19 +180,19 @@ class Decoder:
 
     def __init__(self, model: Transformer, cache: HybridCache, *, compile: bool = False, cuda_graphs: bool = False):
         self.model, self.cache = model, cache
-        self.kv = tuple((layer.k, layer.v, layer.time) for layer in cache.layers)
+        self.layers = cache.layers
         start = cache.start
         self.start = None if start is None or not bool(start.any()) else start
         self.compiled = bool(compile) and compile_available()
         dev = cache.layers[0].k.device
         self.graphs = self.compiled and bool(cuda_graphs) and dev.type == "cuda"
         self._fn = _compiled(dev.type, self.graphs) if self.compiled else decode_step
-        # one row on CPU, compiled: projections as streaming reductions (matvec_linear)
+        # one row on CPU, compiled: projections as streaming reductions (matvec layouts)
         self.matvec = self.compiled and cache.batch_size == 1 and dev.type == "cpu"
-        self.wts = decode_weights(model, self.matvec)
+        self.step_model = fuse(model, "matvec" if self.matvec else "rowmajor") or model
         self._time = torch.zeros(1, dtype=torch.long, device=dev)
         if self.graphs:  # written in place by the replayed graph: their addresses must not change
-            for buf in (self._time, *(t for kv in self.kv for t in kv)):
+            for buf in (self._time, *(t for layer in self.layers for t in (layer.k, layer.v, layer.time))):
                 torch._dynamo.mark_static_address(buf)
 
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
@@ -202,16 +208,17 @@ class Decoder:
         try:
             if self.graphs:
                 torch.compiler.cudagraph_mark_step_begin()
-                logits = self._fn(self.model, tokens, self._time, self.start, self.kv, self.wts, self.matvec).clone()
+                logits = self._fn(self.step_model, tokens, self._time, self.start, self.layers).clone()
             else:
-                logits = self._fn(self.model, tokens, self._time, self.start, self.kv, self.wts, self.matvec)
+                logits = self._fn(self.step_model, tokens, self._time, self.start, self.layers)
         except Exception as e:  # no compiler, an unsupported op, ...: the eager step is exact
             if self._fn is decode_step:
                 raise
-            warnings.warn(f"rnope.fast: compiled decode failed ({e.__class__.__name__}); decoding eagerly", stacklevel=2)
+            warnings.warn(f"rnope.decode: compiled decode failed ({e.__class__.__name__}); decoding eagerly", stacklevel=2)
             self._fn, self.compiled, self.graphs = decode_step, False, False
-            if self.matvec:  # matvec_linear is for compiled code only: back to the eager layouts
-                self.matvec, self.wts = False, decode_weights(self.model)
-            logits = decode_step(self.model, tokens, self._time, self.start, self.kv, self.wts)
+            if self.matvec:  # matvec layouts are for compiled code only: back to the eager ones
+                self.matvec = False
+                self.step_model = fuse(self.model, "rowmajor") or self.model
+            logits = decode_step(self.step_model, tokens, self._time, self.start, self.layers)
         cache.advance(1)
         return logits

@@ -1,17 +1,37 @@
-"""Batched generation over the hybrid cache: prefill, decode one token, sample (gpt-fast style).
+"""The one inference path: left padding, chunked prefill, decode, sampling, generation and scoring.
 
-Prompts are left-padded into one batch; the first forward (prefill) fills the cache, then each
-step decodes one token per row. Greedy at temperature 0.
+Everything that runs a model on text at inference time goes through these functions: ``rnope
+generate`` and :func:`rnope.generate`, the evaluations (:mod:`rnope.evals.predictor`), the study
+(:mod:`rnope.reproduce`), the lm-eval adapter and the benchmarks (:mod:`rnope.bench`).
+
+* :func:`left_pad` — prompts of different lengths into one (B, T) batch and its mask.
+* :func:`prefill` — the prompt through ``model(tokens, cache=...)`` into a :class:`HybridCache`,
+  in chunks when a padded batch's attention scores would not fit (:func:`auto_chunk`); returns the
+  last position's logits.
+* decode — :class:`rnope.decode.Decoder`: one token per row over fixed-size cache buffers, the
+  step optionally compiled (gpt-fast's recipe).
+* :func:`generate` — prefill, then sample and decode until ``max_new_tokens`` or a stop token.
+* :func:`score_tokens` — log-probabilities of given continuations, chunk by chunk
+  (:func:`forward_chunks`), so only one chunk's ``chunk x vocab`` logits exist at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from numbers import Integral, Real
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
+from .decode import Decoder
 from .model import Transformer
+
+__all__ = ["ATTN_BUDGET", "LOGIT_BUDGET", "Decoder", "auto_chunk", "check_cache_fits", "check_sampling",
+           "forward_chunks", "free_memory", "generate", "left_pad", "prefill", "sample", "score_tokens"]
+
+LOGIT_BUDGET = 256 * 2**20  # bytes of logits alive at once
+ATTN_BUDGET = 512 * 2**20  # bytes of masked attention scores alive at once (chunked path)
 
 TokenCallback = Callable[[int, list[int | None]], None]
 
@@ -110,21 +130,62 @@ def sample(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def prefill(model: Transformer, prompts: Sequence[Sequence[int]], cache, pad_id: int = 0) -> torch.Tensor:
-    """Left-pad ``prompts``, run them through the model into ``cache``; last-position logits (B, V)."""
-    device = model.embed_tokens.weight.device
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Left-pad token lists into ``(tokens (B, T), mask (B, T))``; mask is None when no row is padded."""
     T = max(len(p) for p in prompts)
-    tokens = torch.full((len(prompts), T), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros((len(prompts), T), dtype=torch.long, device=device)
+    tokens = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
     for i, p in enumerate(prompts):
         tokens[i, T - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
         mask[i, T - len(p) :] = 1
-    return model(tokens, cache=cache, attention_mask=mask, logits_to_keep=1)[:, -1]
+    padded = bool((mask == 0).any())
+    return tokens.to(device), (mask.to(device) if padded else None)
 
 
-def decode_one_token(model: Transformer, token: torch.Tensor, cache) -> torch.Tensor:
-    """One decode step: token (B,) -> logits (B, V)."""
-    return model(token[:, None], cache=cache)[:, -1]
+def auto_chunk(model: Transformer, batch: int, length: int, padded: bool) -> int:
+    """Chunk size for :func:`forward_chunks`: the whole input when it is unpadded and its logits
+    fit :data:`LOGIT_BUDGET` (one pass on the fast kernels); otherwise the largest chunk whose
+    logits and masked attention scores fit the budgets (at least 16)."""
+    cfg = model.config
+    c_logits = LOGIT_BUDGET // max(1, batch * cfg.vocab_size * 4)
+    if not padded and length <= c_logits:
+        return length
+    c_attn = ATTN_BUDGET // max(1, batch * cfg.n_head * length * 4)
+    return max(16, min(length, c_logits, c_attn))
+
+
+def forward_chunks(
+    model: Transformer, tokens: torch.Tensor, mask: torch.Tensor | None, cache, chunk_size: int, logits_to_keep: int = 0
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Run ``tokens`` (B, T) through ``model`` into ``cache`` chunk by chunk; yield ``(t0, t1,
+    logits (B, t1-t0, V))`` per chunk (logits at position p predict token p+1; only the last
+    ``logits_to_keep`` positions of each chunk when > 0). The first chunk holds at least one real
+    token of every left-padded row."""
+    B, T = tokens.shape
+    first = chunk_size
+    if mask is not None:
+        first = max(first, int((mask == 0).sum(dim=1).max()) + 1)
+    t0 = 0
+    while t0 < T:
+        t1 = min(T, t0 + (first if t0 == 0 else chunk_size))
+        am = mask[:, :t1] if (t0 == 0 and mask is not None) else None
+        logits = model(tokens[:, t0:t1], cache=cache, attention_mask=am, logits_to_keep=logits_to_keep)
+        yield t0, t1, logits
+        t0 = t1
+
+
+def prefill(model: Transformer, prompts: Sequence[Sequence[int]], cache, pad_id: int = 0,
+            chunk_size: int | None = None) -> torch.Tensor:
+    """Left-pad ``prompts`` and run them through the model into ``cache`` (in chunks of
+    ``chunk_size`` tokens, default :func:`auto_chunk`); the last position's logits (B, V)."""
+    device = model.embed_tokens.weight.device
+    tokens, mask = left_pad(prompts, pad_id, device)
+    B, T = tokens.shape
+    chunk = chunk_size or auto_chunk(model, B, T, mask is not None)
+    logits = None
+    for _, _, lg in forward_chunks(model, tokens, mask, cache, chunk, logits_to_keep=1):
+        logits = lg
+    return logits[:, -1]
 
 
 @torch.inference_mode()
@@ -141,14 +202,16 @@ def generate(
     pad_id: int = 0,
     callback: TokenCallback | None = None,
     compile: bool = False,
+    chunk_size: int | None = None,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` per prompt; returns the new ids per prompt.
 
     A row stops after emitting any of ``stop_ids`` (the stop token is included). ``callback(step,
     tokens)`` is called after each step with the new token of every row (None for finished rows).
-    Decode runs :class:`rnope.fast.Decoder` over fixed-size cache buffers; ``compile=True`` compiles
-    its step with ``torch.compile`` (worth it for long generations: the first call compiles; it
-    falls back to eager where compiling is not possible).
+    Prompts are left-padded with ``pad_id`` into one batch and prefilled in chunks of ``chunk_size``
+    tokens (default: :func:`auto_chunk`). Decode runs :class:`rnope.decode.Decoder` over fixed-size
+    cache buffers; ``compile=True`` compiles its step with ``torch.compile`` (worth it for long
+    generations: the first call compiles; it falls back to eager where compiling is not possible).
 
     Arguments are checked, never clipped or read as something else (:func:`check_sampling`):
     ``max_new_tokens`` >= 1, ``temperature`` >= 0 (0 = greedy; a negative one is an error, not
@@ -157,8 +220,6 @@ def generate(
     to: the decode cache is allocated for the longest prompt plus ``max_new_tokens``, and positions
     are not bounded by the model (past ``config.max_seq_len`` RoPE layers extrapolate).
     """
-    from .fast import Decoder
-
     vocab = model.config.vocab_size
     if isinstance(prompts, torch.Tensor):
         prompts = prompts.tolist()
@@ -185,7 +246,7 @@ def generate(
     cache = model.new_cache(B, total)
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    logits = prefill(model, prompts, cache, pad_id)
+    logits = prefill(model, prompts, cache, pad_id, chunk_size)
     decode = Decoder(model, cache, compile=compile)
     for step in range(max_new_tokens):
         nxt = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
@@ -204,4 +265,45 @@ def generate(
         if all(done) or step == max_new_tokens - 1:
             break
         logits = decode(nxt)
+    return out
+
+
+@torch.inference_mode()
+def score_tokens(
+    model: Transformer,
+    rows: Sequence[Sequence[int]],
+    n_score: Sequence[int],
+    *,
+    pad_id: int = 0,
+    chunk_size: int | None = None,
+) -> list[tuple[list[float], list[bool]]]:
+    """Log-probabilities (float64 sums are safe) of the last ``n_score[i]`` tokens of each row,
+    and whether each is the greedy (argmax) choice. Rows are left-padded into one batch; logits
+    exist only for one chunk at a time and log-softmax only for the scored positions."""
+    if len(rows) != len(n_score):
+        raise ValueError("rows and n_score differ in length")
+    for r, n in zip(rows, n_score):
+        if not 1 <= n < len(r):
+            raise ValueError(f"cannot score {n} tokens of a {len(r)}-token row (need 1 <= n < length)")
+    device = model.embed_tokens.weight.device
+    tokens, mask = left_pad(rows, pad_id, device)
+    B, T = tokens.shape
+    K = max(n_score)
+    lo = T - K - 1  # first position whose logits are needed
+    chunk = chunk_size or auto_chunk(model, B, T, mask is not None)
+    cache = model.new_cache(B, T)
+    lp = torch.zeros((B, K), dtype=torch.float64, device=device)
+    greedy = torch.zeros((B, K), dtype=torch.bool, device=device)
+    for t0, t1, logits in forward_chunks(model, tokens, mask, cache, chunk):
+        a, b = max(t0, lo), min(t1, T - 1)
+        if a >= b:
+            continue
+        lg = logits[:, a - t0 : b - t0].float()
+        tgt = tokens[:, a + 1 : b + 1]
+        logp = F.log_softmax(lg, dim=-1)
+        lp[:, a - lo : b - lo] = logp.gather(-1, tgt[..., None]).squeeze(-1).double()
+        greedy[:, a - lo : b - lo] = lg.argmax(dim=-1) == tgt
+    out = []
+    for i, n in enumerate(n_score):
+        out.append((lp[i, K - n :].tolist(), greedy[i, K - n :].tolist()))
     return out

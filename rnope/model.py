@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cache import HybridCache, write_static
+from .cache import HybridCache, LayerCache
 from .config import LayerSpec, ModelConfig
-from .kernels import attend_fresh, reference_attention, rotary, sdpa, visibility
+from .kernels import attention, rotary, visibility
 from .nope_scale import log_temperature
 from .rope import apply_rotary, llama4_temperature, rope_tables, rotary_angles
 
@@ -63,18 +63,13 @@ class Context:
     times: torch.Tensor  # (T,) stream times of the new tokens
     positions: torch.Tensor  # (B, T) RoPE positions
     start: torch.Tensor | None  # (B,) left padding, None when there is none
-    cache: HybridCache | None
-    impl: str = "auto"
+    # per-layer KV caches (``HybridCache.layers``), None without a cache; ``seen`` = tokens cached
+    # before this forward, or None for a static-shape step: each layer writes at ``times`` (a tensor)
+    # and attends its whole fixed-size buffer, so no Python int changes between decode steps
+    kv: Sequence[LayerCache] | None = None
+    seen: int | None = 0
+    impl: str = "auto"  # attention backend by name (rnope.kernels)
     observer: Observer | None = None
-    # static decode (rnope.fast): per layer (k, v, time) buffers of fixed size, written at ``times``
-    # (a tensor) and attended whole — no Python ints in the path, so ``torch.compile`` sees one shape
-    kv: tuple | None = None
-    # decode weight layouts (rnope.fast.decode_weights): per layer (qkv, o, gate_up, down) matrices
-    # (None: use the module) and the head, each projected as ``linear(x, w)`` — the modules' products
-    dec: tuple | None = None
-    head: torch.Tensor | None = None
-    linear: Callable | None = None
-    attend: Callable | None = None  # decode attention ``attend(q, keys, values, allowed)`` (rnope.fast)
     _angles: dict = field(default_factory=dict)
     _masks: dict = field(default_factory=dict)
 
@@ -123,6 +118,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
+        # optional one product for q, k and v (same outputs, concatenated), set by rnope.decode.fuse
+        self.qkv_proj: nn.Module | None = None
         self.layout = config.rope_layout
         if spec.qk_norm:  # QK-Norm baseline: LayerNorm over head_dim before the rotation (HF cohere)
             self.q_norm = make_norm(config, (self.n_head, self.head_dim))
@@ -140,12 +137,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         B, T, _ = x.shape
-        dec = None if ctx.dec is None else ctx.dec[self.layer_idx]
-        if dec is not None and dec[0] is not None:  # decode layout (rnope.fast): one product for q, k, v
+        if self.qkv_proj is not None:
             nq, nk = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
-            q, k, v = ctx.linear(x, dec[0]).split((nq, nk, nk), dim=-1)
-            if self.q_proj.bias is not None:  # the concatenated layout holds the weights only
-                q, k, v = q + self.q_proj.bias, k + self.k_proj.bias, v + self.v_proj.bias
+            q, k, v = self.qkv_proj(x).split((nq, nk, nk), dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.view(B, T, self.n_head, self.head_dim)
@@ -173,31 +167,19 @@ class Attention(nn.Module):
             logn = ctx.visible_keys(self.spec).float().log()  # (B, T)
             q = (q.float() * (self.ssmax_scale.float()[None, :, None] * logn[:, None, :])[..., None]).to(q.dtype)
 
-        cache = ctx.cache
-        if ctx.kv is None and (cache is None or cache.seen == 0):
-            if ctx.observer is not None:
-                ctx.observer(self.layer_idx, self.spec, q, k, ctx.times, ctx.times, ctx.start)
-            y = attend_fresh(q, k, v, self.spec, times=ctx.times, start=ctx.start, impl=ctx.impl)
-            if cache is not None:
-                cache.layers[self.layer_idx].store(k, v, ctx.times, cache.seen)
+        layer = None if ctx.kv is None else ctx.kv[self.layer_idx]
+        fresh = layer is None or ctx.seen == 0  # the keys are exactly the queries' own tokens
+        if fresh:
+            keys, vals, k_time, allowed = k, v, ctx.times, None
         else:
-            if ctx.kv is not None:  # static decode: write at times, attend the whole fixed-size buffers
-                keys, vals, k_time = write_static(*ctx.kv[self.layer_idx], k, v, ctx.times)
-            else:
-                keys, vals, k_time = cache.layers[self.layer_idx].update(k, v, ctx.times, cache.seen)
-            if ctx.observer is not None:
-                ctx.observer(self.layer_idx, self.spec, q, keys, ctx.times, k_time, ctx.start)
+            keys, vals, k_time = layer.update(k, v, ctx.times, ctx.seen)
             allowed = ctx.mask(self.spec, k_time)
-            if ctx.impl == "reference":
-                y = reference_attention(q, keys, vals, allowed)[0]
-            elif ctx.attend is not None:
-                y = ctx.attend(q, keys, vals, allowed)
-            elif T <= sdpa.DECODE_MAX_Q:  # a few queries: grouped matmuls beat the flash kernel
-                y = sdpa.decode(q, keys, vals, allowed)
-            else:
-                y = sdpa.masked(q, keys, vals, allowed)
-        y = y.transpose(1, 2).reshape(B, T, -1)
-        return self.o_proj(y) if dec is None or dec[1] is None else ctx.linear(y, dec[1])
+        if ctx.observer is not None:
+            ctx.observer(self.layer_idx, self.spec, q, keys, ctx.times, k_time, ctx.start)
+        y = attention(q, keys, vals, self.spec, times=ctx.times, start=ctx.start, impl=ctx.impl, allowed=allowed)
+        if fresh and layer is not None:
+            layer.write(k, v, ctx.times)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class MLP(nn.Module):
@@ -206,14 +188,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.up_proj = nn.Linear(config.d_model, config.d_ff, bias=False)
         self.down_proj = nn.Linear(config.d_ff, config.d_model, bias=False)
+        # optional one product for gate and up (same outputs, concatenated), set by rnope.decode.fuse
+        self.gate_up_proj: nn.Module | None = None
 
-    def forward(self, x: torch.Tensor, dec: tuple | None = None, linear: Callable | None = None) -> torch.Tensor:
-        """``dec``: optional decode layout ``(gate_up, down | None)`` from :mod:`rnope.fast`, projected
-        with ``linear(x, w)`` (None: the module): one product for gate and up (the same sums)."""
-        if dec is not None:
-            g, u = linear(x, dec[0]).split(self.gate_proj.out_features, dim=-1)
-            h = F.silu(g).mul_(u)
-            return self.down_proj(h) if dec[1] is None else linear(h, dec[1])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            g, u = self.gate_up_proj(x).split(self.gate_proj.out_features, dim=-1)
+            return self.down_proj(F.silu(g).mul_(u))
         if torch.is_grad_enabled():
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
         g = F.silu(self.gate_proj(x), inplace=True)  # inference: no (B, T, d_ff) temporaries
@@ -234,15 +215,14 @@ class Block(nn.Module):
             self.post_attention_layernorm = make_norm(config, config.d_model)
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
-        dec = None if ctx.dec is None else ctx.dec[self.self_attn.layer_idx][2:]
         h = self.input_layernorm(x)
         if self.sequential:
             x = x + self.self_attn(h, ctx)
-            return x + self.mlp(self.post_attention_layernorm(x), dec, ctx.linear)
+            return x + self.mlp(self.post_attention_layernorm(x))
         y = self.self_attn(h, ctx)
         if torch.is_grad_enabled() or y.dtype != x.dtype:
-            return x + y + self.mlp(h, dec, ctx.linear)
-        return y.add_(x).add_(self.mlp(h, dec, ctx.linear))  # inference: the same sums in place, no temporaries
+            return x + y + self.mlp(h)
+        return y.add_(x).add_(self.mlp(h))  # inference: the same sums in place, no temporaries
 
 
 IGNORE_INDEX = -100  # a target the loss leaves out (``forward(targets=...)``)
@@ -339,7 +319,8 @@ class Transformer(nn.Module):
             positions = times[None].expand(B, T) if start is None else (times[None] - start[:, None]).clamp(min=0)
         elif cache is not None or positions.shape != (B, T):
             raise ValueError(f"positions must be (B, T) = {(B, T)} and used without a cache, got {tuple(positions.shape)}")
-        ctx = Context(times=times, positions=positions, start=start, cache=cache, impl=self.attn_impl, observer=observer)
+        ctx = Context(times=times, positions=positions, start=start, kv=None if cache is None else cache.layers,
+                      seen=t0, impl=self.attn_impl, observer=observer)
         x = self.hidden(tokens, ctx)
         if cache is not None:
             cache.advance(T)
@@ -350,19 +331,18 @@ class Transformer(nn.Module):
 
     def hidden(self, tokens: torch.Tensor, ctx: Context) -> torch.Tensor:
         """The blocks: embeddings of ``tokens`` (B, T) -> last hidden states (B, T, d_model), before
-        the final norm. No checks and no Python-side state: :mod:`rnope.fast` compiles through it."""
+        the final norm. No checks and no Python-side state: :mod:`rnope.decode` compiles through it."""
         x = self.embed_tokens(tokens)
         for block in self.layers:
             x = block(x, ctx)
         return x
 
-    def logits(self, x: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
-        """Final norm and the (tied) LM head: hidden (B, T, d_model) -> logits (B, T, vocab).
-        ``ctx``: a decode context whose ``head`` layout (:mod:`rnope.fast`) replaces the head."""
-        if ctx is not None and ctx.head is not None:
-            out = ctx.linear(self.norm(x), ctx.head)
-        else:
-            out = F.linear(self.norm(x), self.embed_tokens.weight if self.config.tie_embeddings else self.lm_head.weight)
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm and the LM head: hidden (B, T, d_model) -> logits (B, T, vocab). Tied
+        embeddings have no ``lm_head`` module (the embedding matrix is the head) unless one is set
+        (:func:`rnope.decode.fuse` gives the decode copy its own)."""
+        head = self._modules.get("lm_head")
+        out = head(self.norm(x)) if head is not None else F.linear(self.norm(x), self.embed_tokens.weight)
         # a scale of 1 is skipped: the multiply (and its backward) over B·T·vocab logits is a tenth of a
         # small model's training step on a CPU
         return out if self.config.logit_scale == 1.0 else out * self.config.logit_scale

@@ -24,15 +24,9 @@ from rnope.evals import niah as niah_eval
 from rnope.evals import ppl as ppl_eval
 from rnope.evals import ruler as ruler_eval
 from rnope.evals.report import heatmap_size, png_size, write_outputs
-from rnope.evals.runner import (
-    ModelPredictor,
-    detect_train_seq_len,
-    greedy_generate,
-    load_predictor,
-    parse_depths,
-    parse_lengths,
-    score_tokens,
-)
+from rnope.evals.args import parse_depths, parse_lengths
+from rnope.evals.predictor import ModelPredictor, detect_train_seq_len, load_predictor
+from rnope.inference import generate, score_tokens
 from rnope.tokenizer import Tokenizer
 
 
@@ -236,9 +230,7 @@ def test_ruler_cli_defaults_to_50_samples():
 
 
 # ------------------------------------------------------------------------------------ model paths
-def test_greedy_generate_matches_generate_with_padding_and_chunks():
-    from rnope.generate import generate
-
+def test_generate_with_padding_and_chunked_prefill_matches_each_row_alone():
     m = tiny_model(1)
     with torch.no_grad():
         for p in m.parameters():
@@ -246,9 +238,9 @@ def test_greedy_generate_matches_generate_with_padding_and_chunks():
                 p.normal_(0, 0.3)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, 259, (n,), generator=g).tolist() for n in (40, 57, 33)]
-    ref = generate(m, prompts, 12, pad_id=0)
-    assert greedy_generate(m, prompts, 12, pad_id=0) == ref
-    assert greedy_generate(m, prompts, 12, pad_id=0, chunk_size=7) == ref
+    ref = [generate(m, [p], 12)[0] for p in prompts]  # one row each: no padding
+    assert generate(m, prompts, 12, pad_id=0) == ref
+    assert generate(m, prompts, 12, pad_id=0, chunk_size=7) == ref
     # scoring: chunked == one pass == log_softmax of a plain forward
     rows = [prompts[0], prompts[1]]
     a = score_tokens(m, rows, [10, 20])
@@ -558,4 +550,4 @@ def test_niah_default_lengths_start_where_the_template_fits(ckpts, tmp_path, cap
     doc = json.loads((out / "niah.json").read_text())
     assert doc["settings"]["lengths"] == [512, 1024, 2048, 4096] and doc["results"][0]["train_seq_len"] == 256
     with pytest.raises(ValueError, match=r"length 256 is too short for task 'passkey': the template alone needs 259 tokens"):
-        niah_eval.build_items(rnope.evals.runner.load_predictor(str(ckpts / "tiny")), [256], [50.0], 1, 0)
+        niah_eval.build_items(load_predictor(str(ckpts / "tiny")), [256], [50.0], 1, 0)

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from rnope import ModelConfig, Transformer, generate
-from rnope.cache import write_static
 from rnope.config import LayerSpec
-from rnope.fast import Decoder, compile_available, decode_step, decode_weights, matvec_attention, matvec_linear
-from rnope.kernels import attend_fresh, flex, reference_attention, sdpa, visibility
+from rnope.decode import Decoder, compile_available, decode_step, fuse
+from rnope.kernels import attend_fresh, flex, matvec_attention, matvec_linear, reference_attention, sdpa, visibility
 
 from .conftest import CORE_PRESETS, TINY, left_padded_rows, tiny_model
 
@@ -82,7 +81,9 @@ def test_fill_empty_rows_is_unchanged_semantics():
 
 # ------------------------------------------------------------------------------------ static writes
 @pytest.mark.parametrize("slots,max_len", [(5, 40), (None, 40), (64, 40)])  # ring, full, ring wider than the cache
-def test_write_static_matches_layer_cache_update(slots, max_len):
+def test_static_update_matches_layer_cache_update(slots, max_len):
+    """The static-shape step (``update(..., seen=None)``: write, attend the whole buffer) leaves the
+    same cache and attends the same keys as the sized update."""
     from rnope.cache import LayerCache
 
     spec = LayerSpec(rope=True, span="sliding", window=slots) if slots else LayerSpec(rope=False, span="full")
@@ -93,7 +94,7 @@ def test_write_static_matches_layer_cache_update(slots, max_len):
         k, v = torch.randn(2, 2, 1, 4, generator=g), torch.randn(2, 2, 1, 4, generator=g)
         times = torch.tensor([t])
         ka, va, ta = a.update(k, v, times, t)
-        kb, vb, tb = write_static(b.k, b.v, b.time, k, v, times)
+        kb, vb, tb = b.update(k, v, times, None)
         assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v) and torch.equal(a.time, b.time)
         # attending the whole buffer under the visibility mask == attending what update returns
         q = torch.randn(2, 4, 1, 4, generator=g)
@@ -228,8 +229,7 @@ def test_decode_step_is_the_reference_of_the_decoder():
         full = model(tokens)
         cache = model.new_cache(1, W + 3)
         model(tokens[:, : W + 2], cache=cache)
-        kv = tuple((layer.k, layer.v, layer.time) for layer in cache.layers)
-        logits = decode_step(model, tokens[:, W + 2 :], torch.tensor([W + 2]), None, kv)
+        logits = decode_step(model, tokens[:, W + 2 :], torch.tensor([W + 2]), None, cache.layers)
     torch.testing.assert_close(logits, full[:, -1], atol=1e-5, rtol=1e-5)
 
 
@@ -266,7 +266,7 @@ def test_matvec_attention_equals_decode_kernel(Tq, H, Hkv, padded):
 @pytest.mark.parametrize("padded", [False, True])
 def test_matvec_attention_long_cache_bmm_branch_equals_decode_kernel(padded):
     """Past MATVEC_PV_BMM_KEYS cached keys p·V is a bmm: the same attention as the reference kernel."""
-    from rnope.fast import MATVEC_PV_BMM_KEYS
+    from rnope.kernels.matvec import MATVEC_PV_BMM_KEYS
 
     B, H, Hkv, D, S = 2, 4, 2, 8, MATVEC_PV_BMM_KEYS + 37
     q, k, v = torch.randn(B, H, 1, D), torch.randn(B, Hkv, S, D), torch.randn(B, Hkv, S, D)
@@ -281,21 +281,25 @@ def test_matvec_attention_long_cache_bmm_branch_equals_decode_kernel(padded):
 @pytest.mark.parametrize("matvec", [False, True])
 @torch.no_grad()
 def test_decode_weight_layouts_equal_the_modules(preset, matvec):
-    """decode_step with the fused q/k/v and gate/up layouts (eager ``x @ wᵀ`` copies, or the matvec
-    reductions of the compiled B=1 path, run eagerly here) == decode_step with the modules."""
+    """decode_step through the decode copy (fused q/k/v and gate/up modules: eager row-major ``x @ wᵀ``
+    copies, or the matvec reductions of the compiled B=1 path, run eagerly here) == decode_step
+    through the model's own modules; the model itself is left untouched."""
     model = tiny_model(preset)
     B = 1 if matvec else 2
     tokens = torch.randint(0, TINY["vocab_size"], (B, 2 * W + 3))
-    wts = decode_weights(model, matvec)
-    assert wts is not None
+    names = sorted(dict(model.named_modules()))
+    dm = fuse(model, "matvec" if matvec else "rowmajor")
+    assert dm is not None and dm is not model
+    assert sorted(dict(model.named_modules())) == names and model.layers[0].mlp.gate_up_proj is None
+    assert dm.layers[0].mlp.gate_up_proj is not None and (dm.layers[0].self_attn.qkv_proj is not None) == matvec
+    assert dm.embed_tokens.weight is model.embed_tokens.weight  # parameters are shared, not copied
     caches = [model.new_cache(B, tokens.shape[1]) for _ in range(2)]
     for c in caches:
         model(tokens[:, : W + 1], cache=c)
-    kvs = [tuple((lc.k, lc.v, lc.time) for lc in c.layers) for c in caches]
     for t in range(W + 1, tokens.shape[1]):
         time = torch.tensor([t])
-        ref = decode_step(model, tokens[:, t : t + 1], time, None, kvs[0])
-        got = decode_step(model, tokens[:, t : t + 1], time, None, kvs[1], wts, matvec)
+        ref = decode_step(model, tokens[:, t : t + 1], time, None, caches[0].layers)
+        got = decode_step(dm, tokens[:, t : t + 1], time, None, caches[1].layers)
         _assert_fp32_close(got, ref)
     for la, lb in zip(caches[0].layers, caches[1].layers):
         _assert_fp32_close(lb.k, la.k)
@@ -309,24 +313,23 @@ def test_decode_weight_layouts_at_the_default_init_within_1e_5(preset):
     torch.manual_seed(0)
     model = Transformer(ModelConfig.from_preset(preset, **{**TINY, "d_model": 64, "d_ff": 192})).eval()
     tokens = torch.randint(0, TINY["vocab_size"], (1, 3 * W))
-    wts = decode_weights(model, True)
+    dm = fuse(model, "matvec")
     caches = [model.new_cache(1, tokens.shape[1]) for _ in range(2)]
     for c in caches:
         model(tokens[:, :W], cache=c)
-    kvs = [tuple((lc.k, lc.v, lc.time) for lc in c.layers) for c in caches]
     for t in range(W, tokens.shape[1]):
         time = torch.tensor([t])
-        ref = decode_step(model, tokens[:, t : t + 1], time, None, kvs[0])
-        got = decode_step(model, tokens[:, t : t + 1], time, None, kvs[1], wts, True)
+        ref = decode_step(model, tokens[:, t : t + 1], time, None, caches[0].layers)
+        got = decode_step(dm, tokens[:, t : t + 1], time, None, caches[1].layers)
         assert (got - ref).abs().max().item() <= 1e-5
 
 
-def test_decode_weights_are_skipped_over_the_size_cap(monkeypatch):
-    import rnope.fast as fast
+def test_decode_copy_is_skipped_over_the_size_cap(monkeypatch):
+    import rnope.decode as decode
 
     model = tiny_model("rnope-swa")
-    monkeypatch.setattr(fast, "DECODE_WEIGHTS_MAX_BYTES", 1)
-    assert decode_weights(model) is None and decode_weights(model, True) is None
+    monkeypatch.setattr(decode, "DECODE_WEIGHTS_MAX_BYTES", 1)
+    assert fuse(model, "rowmajor") is None and fuse(model, "matvec") is None
     tokens = torch.randint(0, TINY["vocab_size"], (1, W + 4))
     full = model(tokens)
     inc, _ = _decode_all(model, tokens, W)

@@ -71,7 +71,7 @@ def test_cli_generate_passes_device_dtype_and_compile(tmp_path, monkeypatch, cap
     from rnope.tokenizer import Tokenizer
 
     rnope.save(tmp_path / "ck", tiny_model("rnope-swa", vocab_size=259), Tokenizer.byte_level())
-    gen_mod = importlib.import_module("rnope.generate")  # the module (``rnope.generate`` is also the function)
+    gen_mod = importlib.import_module("rnope.inference")
     seen = []
     real = gen_mod.generate
 
@@ -111,14 +111,14 @@ def test_generate_refuses_sampling_arguments_instead_of_reinterpreting(kw, messa
 
 
 def test_sample_refuses_negative_temperature():
-    from rnope.generate import sample
+    from rnope.inference import sample
 
     with pytest.raises(ValueError, match=r"^temperature must be >= 0 \(0 = greedy\), got -0.5$"):
         sample(torch.zeros(1, 8), temperature=-0.5)
 
 
 def test_cli_and_api_refuse_sampling_arguments_with_the_same_words():
-    from rnope.generate import check_sampling
+    from rnope.inference import check_sampling
 
     cases = [(4, -1.0, None, None), (4, 0.0, 0, None), (4, 0.0, None, 2.0), (0, 0.0, None, None)]
     for n, t, k, p in cases:
@@ -144,7 +144,7 @@ def test_max_new_tokens_beyond_what_a_cache_can_hold_is_refused_before_allocatin
     that swaps the machine or dies in torch."""
     import importlib
 
-    g = importlib.import_module("rnope.generate")  # the module (the package attribute is the function)
+    g = importlib.import_module("rnope.inference")
     model = tiny_model("rnope-swa")
     need = model.new_cache(2, 4 + 10**9, device="meta").nbytes
     monkeypatch.setattr(g, "free_memory", lambda device: 2**30)

@@ -16,7 +16,7 @@ import rnope  # noqa: E402
 from rnope import Transformer, generate  # noqa: E402
 from rnope.checkpoint import CheckpointError  # noqa: E402
 from rnope.cli import main  # noqa: E402
-from rnope.fast import Decoder, decode_weights  # noqa: E402
+from rnope.decode import Decoder, fuse  # noqa: E402
 from rnope.interop import export, import_hf, load_hf  # noqa: E402
 from rnope.tokenizer import Tokenizer  # noqa: E402
 
@@ -128,7 +128,7 @@ def test_import_logits_match_transformers(hf_dirs, family):
 def test_import_greedy_tokens_match_transformers(hf_dirs, family):
     model, _ = load_hf(hf_dirs[family], log=None)
     prompt = prompt_ids(3 * W + 2, seed=2)[0].tolist()
-    ours = generate(model, [prompt], GREEDY)[0]  # prefill + rnope.fast.Decoder over the hybrid cache
+    ours = generate(model, [prompt], GREEDY)[0]  # prefill + rnope.decode.Decoder over the hybrid cache
     theirs = hf_greedy(hf_model(hf_dirs[family], "sdpa"), prompt)  # transformers' own cache
     assert len(theirs) == GREEDY and theirs == ours
 
@@ -152,7 +152,7 @@ def test_cached_decode_paths_match_transformers(hf_dirs, family):
         cache = model.new_cache(1, T)
         rows = [model(seq[:, :P], cache=cache)[0, -1]]
         dec = Decoder(model, cache)
-        dec.matvec, dec.wts = matvec, decode_weights(model, matvec)
+        dec.matvec, dec.step_model = matvec, fuse(model, "matvec" if matvec else "rowmajor")
         rows += [dec(seq[:, t])[0] for t in range(P, T)]
         routes["matvec" if matvec else "decoder"] = torch.stack(rows)
     for name, got in routes.items():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rnope import ModelConfig, Transformer
-from rnope.fast import compile_available
+from rnope.decode import compile_available
 
 from .conftest import CORE_PRESETS, TINY, left_padded_rows, tiny_model
 

@@ -13,7 +13,7 @@ import torch
 import rnope
 from rnope import nope_scale as ns
 from rnope.cli import main
-from rnope.fast import Decoder
+from rnope.decode import Decoder
 from rnope.tokenizer import Tokenizer
 
 from .conftest import TINY, tiny_model
@@ -115,7 +115,7 @@ def test_rope_layers_untouched_nope_queries_scaled(mode, c, kw):
 
 def _decode_all(model, tokens, prefill, mask=None):
     """Logits at every position: prefill the first ``prefill`` tokens into a cache, then
-    rnope.fast.Decoder one token at a time. Also returns the model's own cache path token by token."""
+    rnope.decode.Decoder one token at a time. Also returns the model's own cache path token by token."""
     B, T = tokens.shape
     cache = model.new_cache(B, T)
     out = [model(tokens[:, :prefill], cache=cache, attention_mask=None if mask is None else mask[:, :prefill])]

@@ -14,6 +14,6 @@ double with the same methods).
 """
 
 from .report import versions, write_outputs
-from .runner import ModelPredictor, Predictor, load_predictor, load_predictors
+from .predictor import ModelPredictor, Predictor, load_predictor, load_predictors
 
 __all__ = ["ModelPredictor", "Predictor", "load_predictor", "load_predictors", "versions", "write_outputs"]

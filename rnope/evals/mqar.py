@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .report import lines_png, md_table, to_json, versions
-from .runner import item_seed, parse_lengths, predictor_meta, progress_bar
+from .args import item_seed, parse_lengths
+from .items import predictor_meta, progress_bar
 
 __all__ = ["evaluate", "outputs"]
 

@@ -23,7 +23,9 @@ from typing import Any
 
 from .args import file_safe
 from .report import heatmap_png, md_table, to_json, versions
-from .runner import Predictor, item_seed, parse_depths, parse_lengths, predictor_meta, run_items
+from .args import item_seed, parse_depths, parse_lengths
+from .items import predictor_meta, run_items
+from .predictor import Predictor
 
 __all__ = ["HAYSTACKS", "WORDINGS", "build_items", "check_settings", "evaluate", "markdown", "outputs"]
 

@@ -12,7 +12,7 @@ packing) into one token stream and cut into ``streams`` streams of ``max(lengths
 * **NLL by position**: every token of the full streams scored with all of its preceding context;
   the mean over streams per position, averaged in bins, with the training length marked.
 
-Logits exist one chunk at a time (:func:`rnope.evals.runner.score_tokens`), and log-softmax only
+Logits exist one chunk at a time (:func:`rnope.inference.score_tokens`), and log-softmax only
 over scored positions, so 8k-16k contexts fit memory.
 
 ``ppl.json``::
@@ -33,7 +33,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .report import lines_png, md_table, to_json, versions
-from .runner import parse_lengths, predictor_meta, progress_bar
+from .args import parse_lengths
+from .items import predictor_meta, progress_bar
 
 __all__ = ["contexts", "default_score_tokens", "evaluate", "heldout_documents", "make_streams", "outputs"]
 
@@ -106,7 +107,7 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """PPL vs length and NLL by position for every predictor (``encode``, ``tokenizer.eos_id``,
-    ``token_logprobs`` -- a :class:`~rnope.evals.runner.ModelPredictor`)."""
+    ``token_logprobs`` -- a :class:`~rnope.evals.predictor.ModelPredictor`)."""
     lengths = parse_lengths(lengths)
     if score_tokens is None:
         score_tokens = default_score_tokens(lengths)

@@ -29,7 +29,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from .report import lines_png, md_table, to_json, versions
-from .runner import Predictor, item_seed, parse_lengths, predictor_meta, run_items
+from .args import item_seed, parse_lengths
+from .items import predictor_meta, run_items
+from .predictor import Predictor
 
 __all__ = ["evaluate", "outputs", "parse_tasks", "stderr"]
 
