@@ -25,7 +25,7 @@ from rnope.tasks.family import (
     wordings,
 )
 from rnope.tasks.haystack import EVAL_ADJECTIVES, EVAL_NOUNS, NOISE_EVAL, split_sentences
-from rnope.tasks.train_mix import eval_template_words, synthetic_documents
+from rnope.tasks.synthetic import eval_template_words, synthetic_documents
 
 from .conftest import wp_encode
 

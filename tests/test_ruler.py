@@ -11,7 +11,7 @@ import pytest
 from rnope.tasks import niah as niah_mod
 from rnope.tasks import ruler as ruler_mod
 from rnope.tasks.haystack import TRAIN_ADJECTIVES, TRAIN_NOUNS, cwe_words
-from rnope.tasks.train_mix import synthetic_documents
+from rnope.tasks.synthetic import synthetic_documents
 
 from .conftest import TRAIN_ESSAY, byte_encode, make, wp_encode
 from .test_tasks import TRAIN_FRAGS, _fragments

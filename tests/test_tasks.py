@@ -27,7 +27,7 @@ from rnope.tasks.haystack import (
     split_sentences,
 )
 from rnope.tasks.scoring import exact_value, metric_name, string_match_all, string_match_part
-from rnope.tasks.train_mix import synthetic_documents, synthetic_items
+from rnope.tasks.synthetic import synthetic_documents, synthetic_items
 
 from .conftest import TRAIN_ESSAY, byte_encode, make, wp_encode
 
@@ -215,7 +215,7 @@ def test_train_and_eval_items_disjoint() -> None:
         assert not any(frag in i.prompt for i in ev), frag
 
 
-def test_train_mix_documents() -> None:
+def test_synthetic_training_documents() -> None:
     docs = list(synthetic_documents(0, 30, encode=wp_encode, lengths=[256, 512], essay=TRAIN_ESSAY))
     assert len(docs) == 30 and docs == list(synthetic_documents(0, 30, encode=wp_encode, lengths=[256, 512],
                                                                  essay=TRAIN_ESSAY))
@@ -377,7 +377,7 @@ def test_copy_task() -> None:
 
 
 def test_copy_document_repeats_its_first_half_in_tokens():
-    from rnope.tasks.train_mix import copy_document, synthetic_documents
+    from rnope.tasks.synthetic import copy_document, synthetic_documents
     from rnope.tokenizer import Tokenizer
 
     tok = Tokenizer.byte_level()
@@ -396,7 +396,7 @@ def test_recall_document_is_a_short_train_split_question_with_its_answer():
 
     from rnope.tasks.common import owned_by
     from rnope.tasks.haystack import TRAIN_NOUNS
-    from rnope.tasks.train_mix import RECALL_KINDS, recall_document
+    from rnope.tasks.synthetic import RECALL_KINDS, recall_document
     from rnope.tokenizer import Tokenizer
 
     tok = Tokenizer.byte_level()
@@ -427,7 +427,7 @@ def test_recall_keys_with_prose_use_open_words_and_never_an_eval_template_word()
     import re
 
     from rnope.tasks.haystack import TRAIN_NOUNS
-    from rnope.tasks.train_mix import _RECALL_WORDS, eval_template_words, key_words, recall_document
+    from rnope.tasks.synthetic import _RECALL_WORDS, eval_template_words, key_words, recall_document
 
     banned = eval_template_words()
     # every template's words are seen: passkey, NIAH (kinds too), RULER, the filler, the key lists
@@ -457,7 +457,7 @@ def test_recall_keys_with_prose_use_open_words_and_never_an_eval_template_word()
 
 def test_training_rows_pack_many_recall_documents():
     from rnope.tokenizer import Tokenizer
-    from rnope.train.mix import synthetic_row
+    from rnope.train.stream import synthetic_row
 
     tok = Tokenizer.byte_level()
     row, used = synthetic_row(tok, seed=0, kinds=["recall_near"], essay=["x"], L=1024, s=0)

@@ -21,7 +21,7 @@ import torch
 import rnope
 from rnope.cli import main
 from rnope.train import RunConfig, Stage, lr_at, stage_model_configs
-from rnope.train.mix import long_fraction, micro_shape, step_batches
+from rnope.train.stream import long_fraction, micro_shape, step_batches
 
 TINY = ["--preset", "rnope-swa", "--model.d_model", "64", "--model.d_ff", "128", "--model.window", "32",
         "--batch-size", "4", "--seq-len", "256"]
@@ -332,7 +332,7 @@ def test_stage_switch_raises_theta_and_length(tmp_path):
 def test_long_short_mix_is_three_to_one(tmp_path):
     from rnope.data import prepare_dataset
     from rnope.tokenizer import Tokenizer
-    from rnope.train.mix import TrainStream
+    from rnope.train.stream import TrainStream
 
     stage = Stage(name="long", steps=14, seq_len=1024, short_seq_len=256, long_ratio=0.25)
     assert long_fraction(0.25, 1024, 256) == Fraction(4, 7)
@@ -356,7 +356,7 @@ def test_long_short_mix_is_three_to_one(tmp_path):
 def test_stream_is_a_pure_function_of_position_and_splits_across_ranks(tmp_path):
     from rnope.data import prepare_dataset
     from rnope.tokenizer import Tokenizer
-    from rnope.train.mix import IGNORE, TrainStream, prefetch
+    from rnope.train.stream import IGNORE, TrainStream, prefetch
 
     tok = Tokenizer.byte_level()
     train_dir, _, _ = prepare_dataset("builtin", tok, os.environ["RNOPE_CACHE"])

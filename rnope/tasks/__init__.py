@@ -27,7 +27,7 @@ from .niah import (
 )
 from .ruler import cwe, fwe, vt
 from .scoring import exact_value, metric_name, score_item, string_match_all, string_match_part
-from .train_mix import synthetic_documents, synthetic_items
+from .synthetic import synthetic_documents, synthetic_items
 
 __all__ = [
     "ESSAY_TASKS",

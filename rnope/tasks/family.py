@@ -182,7 +182,7 @@ def echo_wordings() -> tuple[Wording, ...]:
 
 # ------------------------------------------------------------------------------------ key phrases
 def _eval_words() -> frozenset[str]:
-    from .train_mix import eval_template_words
+    from .synthetic import eval_template_words
 
     extra = {w for pair in EVAL_KINDS for w in pair}
     return eval_template_words() | extra

@@ -2,7 +2,7 @@
 
 * :mod:`~rnope.train.runconfig` — :class:`RunConfig`, :class:`Stage` (YAML/JSON run files).
 * :mod:`~rnope.train.schedule` — :func:`lr_at`, warm-up + cosine as a pure function.
-* :mod:`~rnope.train.mix` — packed corpus + synthetic retrieval documents; long/short mixing.
+* :mod:`~rnope.train.stream` — packed corpus + synthetic retrieval documents; long/short mixing.
 * :mod:`~rnope.train.loop` — :class:`Plan` and :func:`train`.
 * :mod:`~rnope.train.state` — atomic checkpoints with optimizer / RNG / data position.
 * :mod:`~rnope.train.distributed` — torchrun, DDP, FSDP2 and full-state gather.

@@ -27,7 +27,7 @@ from ..config import ModelConfig
 from ..model import Transformer
 from . import distributed as dist_
 from . import state as state_
-from .mix import TrainStream, prefetch, step_batches
+from .stream import TrainStream, prefetch, step_batches
 from .runconfig import RunConfig, Stage
 from .schedule import lr_at
 

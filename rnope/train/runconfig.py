@@ -12,7 +12,7 @@ file < command-line flags. Example (``configs/pretrain_long.yaml``)::
 
 The long-context stage mirrors the paper's SFT stage (arXiv 2501.18795 §2: 8k and 64k sequences
 mixed 3:1, RoPE theta raised for the RoPE baselines): ``long_ratio`` of the *sequences* have
-``seq_len`` tokens, the rest ``short_seq_len``; see :func:`rnope.train.mix.long_fraction` for how
+``seq_len`` tokens, the rest ``short_seq_len``; see :func:`rnope.train.stream.long_fraction` for how
 micro-batches of equal token count realise that ratio. Each stage starts from the previous stage's
 weights (and optimizer moments) and runs its own warm-up + cosine schedule.
 """
@@ -56,7 +56,7 @@ def _check(where: str, name: str, v: Any, kind: str, lo: float | None = None, hi
 
 def _check_kinds(where: str, kinds) -> None:
     """One line naming the first unknown synthetic kind (else a bad name fails hours later, when first drawn)."""
-    from ..tasks.train_mix import known_kinds
+    from ..tasks.synthetic import known_kinds
 
     known = known_kinds()
     bad = [k for k in kinds if k not in known]
