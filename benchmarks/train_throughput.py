@@ -89,7 +89,7 @@ def hf_model(cfg: ModelConfig):
                  max_position_embeddings=cfg.max_seq_len, layer_norm_eps=cfg.norm_eps, logit_scale=cfg.logit_scale,
                  tie_word_embeddings=True, sliding_window=cfg.window,
                  layer_types=["sliding_attention" if s.span == "sliding" else "full_attention" for s in cfg.layers],
-                 rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
+                 rope_parameters={"rope_type": "default", "rope_theta": cfg.rope.theta})
     d = {k: v for k, v in d.items() if k not in ("rnope", "architectures", "model_type", "dtype")}
     hc = Cohere2Config(**d)
     hc._attn_implementation = "sdpa"

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .config import PRESETS, LayerSpec, ModelConfig  # noqa: E402
+from .config import PRESETS, LayerSpec, ModelConfig, NopeOptions, RopeOptions  # noqa: E402
 from .model import Transformer, init_weights  # noqa: E402
 from .cache import HybridCache  # noqa: E402
 from .inference import generate  # noqa: E402
@@ -15,6 +15,8 @@ __all__ = [
     "HybridCache",
     "LayerSpec",
     "ModelConfig",
+    "NopeOptions",
+    "RopeOptions",
     "Transformer",
     "generate",
     "init_weights",

@@ -10,8 +10,8 @@ and a pointer to ``--debug``; any other exception is a bug and keeps its traceba
 bad inputs and their messages is ``docs/reliability.md``.
 
 Parsing uses the standard library's ``argparse``: its exit code 2 on bad usage is the convention
-the whole CLI follows, and dotted ``--model.FIELD VALUE`` overrides are parsed by
-:func:`model_overrides` into typed ``ModelConfig`` fields.
+the whole CLI follows, and dotted ``--model.FIELD VALUE`` overrides (``--model.rope.factor 4`` for
+an option of a nested group) are parsed by :func:`model_overrides` into typed ``ModelConfig`` fields.
 """
 
 from __future__ import annotations
@@ -114,13 +114,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+MODEL_OVERRIDES_HELP = (
+    "--model.FIELD VALUE overrides a model config field (e.g. --model.window 64). The RoPE and NoPE options are "
+    "nested: --model.rope.OPTION (theta, scaling, factor, original_len, fope_sigma, fraction, qk_l2norm) and "
+    "--model.nope.OPTION (temperature, scale, floor), e.g. --model.rope.factor 4 --model.nope.temperature log; "
+    "the flat names of older configs (--model.rope_factor 4) are accepted too."
+)
+
+
 def model_overrides(extra: list[str]) -> dict:
-    """Parse ``--model.FIELD VALUE`` (or ``--model.FIELD=VALUE``) pairs into typed overrides."""
+    """Parse ``--model.FIELD VALUE`` (or ``--model.FIELD=VALUE``) pairs into typed overrides.
+
+    ``FIELD`` is a ``ModelConfig`` field, an option of a nested group (``--model.rope.factor 4``,
+    ``--model.nope.temperature log``) or an option's flat name of older configs
+    (``--model.rope_factor 4``). Nested options come back as ``{"rope": {"factor": 4.0}}``; merge
+    layers of overrides with :func:`rnope.config.merge_overrides`.
+    """
     import dataclasses
 
-    from .config import ModelConfig
+    from .config import FLAT_OPTIONS, OPTION_GROUPS, ModelConfig
 
-    types = {f.name: f.type for f in dataclasses.fields(ModelConfig) if f.init}
+    types = {f.name: f.type for f in dataclasses.fields(ModelConfig) if f.init and f.name not in OPTION_GROUPS}
+    nested = {g: {f.name: f.type for f in dataclasses.fields(cls)} for g, cls in OPTION_GROUPS.items()}
+    flat = {k: nested[g][name] for k, (g, name) in FLAT_OPTIONS.items()}
     out: dict = {}
     i = 0
     while i < len(extra):
@@ -134,9 +150,20 @@ def model_overrides(extra: list[str]) -> dict:
             val = extra[i + 1]
             i += 1
         i += 1
-        if key not in types:
-            raise ValueError(f"unknown model config key {key!r} (known: {', '.join(sorted(types))})")
-        out[key] = _coerce(key, val, str(types[key]))
+        group, dot, name = key.partition(".")
+        if dot and group in nested:
+            if name not in nested[group]:
+                known = ", ".join(sorted(f"{group}.{n}" for n in nested[group]))
+                raise ValueError(f"unknown model config key {key!r} (known: {known})")
+            out.setdefault(group, {})[name] = _coerce(key, val, str(nested[group][name]))
+        elif key in nested:
+            raise ValueError(f"--model.{key} takes an option: --model.{key}.NAME VALUE "
+                             f"(known: {', '.join(sorted(f'{key}.{n}' for n in nested[key]))})")
+        elif key in types or key in flat:
+            out[key] = _coerce(key, val, str(types.get(key) or flat[key]))
+        else:
+            known = sorted(types) + sorted(f"{g}.{n}" for g in nested for n in nested[g])
+            raise ValueError(f"unknown model config key {key!r} (known: {', '.join(sorted(known))})")
     return out
 
 

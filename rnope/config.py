@@ -42,29 +42,116 @@ PATTERN_LETTERS: dict[str, tuple[bool, Span, bool]] = {
 }
 
 
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+TEMPERATURES = ("none", "llama4", "log", "ssmax")
+
+
+@dataclass(frozen=True)
+class RopeOptions:
+    """How RoPE layers rotate q and k (``rnope.rope`` documents each method and its paper).
+
+    ``ModelConfig.rope`` holds the model's options; each RoPE layer's ``LayerSpec.rope_options`` is
+    the same with ``original_len`` resolved (0 = the model's ``max_seq_len``). Numbers are stored as
+    floats. The flat names of older configs (``rope_theta``, ``rope_scaling``, ...) map here.
+    """
+
+    theta: float = 10_000.0  # base frequency θ (ABF: a larger θ)
+    scaling: str = "none"  # extension method: none | linear | ntk | yarn | resonance | fope
+    factor: float = 1.0  # s, the context-extension factor (linear, ntk, yarn)
+    original_len: int = 0  # L, the pre-extension length (yarn, resonance, fope); 0 = max_seq_len
+    fope_sigma: float = 0.1  # σ of FoPE's fixed mixing matrix
+    fraction: float = 1.0  # p-RoPE: the fraction of (highest-frequency) pairs rotated
+    qk_l2norm: bool = False  # Llama 4: weightless L2 norm of q and k after the rotation
+
+    def __post_init__(self) -> None:
+        if not _is_num(self.theta) or not self.theta > 0:
+            raise ValueError(f"rope_theta must be a positive number, got {self.theta!r}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"rope_scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
+        if not _is_num(self.factor) or not self.factor >= 1.0:
+            raise ValueError(f"rope_factor must be >= 1, got {self.factor!r}")
+        if not _is_int(self.original_len) or self.original_len < 0:
+            raise ValueError(f"rope_original_len must be an integer >= 0, got {self.original_len!r}")
+        if not _is_num(self.fope_sigma) or self.fope_sigma < 0:
+            raise ValueError(f"rope_fope_sigma must be a number >= 0, got {self.fope_sigma!r}")
+        if not _is_num(self.fraction) or not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"rope_fraction must be in (0, 1], got {self.fraction!r}")
+        if not isinstance(self.qk_l2norm, bool):
+            raise ValueError(f"rope_qk_l2norm must be true or false, got {self.qk_l2norm!r}")
+        for name in ("theta", "factor", "fope_sigma", "fraction"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class NopeOptions:
+    """The query scale β(p) of NoPE layers (``rnope.nope_scale``).
+
+    ``temperature``: "none"; "llama4" 1 + scale·ln(floor((p+1)/floor) + 1); "log"
+    1 + scale·ln(max(1, (p+1)/floor)) with floor = the training length; "ssmax" a learned
+    Scalable-Softmax scale per head (``scale`` / ``floor`` unused). The flat names of older configs
+    (``nope_temperature``, ``attn_temp_scale``, ``attn_temp_floor``) map here.
+    """
+
+    temperature: str = "none"
+    scale: float = 0.1  # the coefficient: Llama 4's 0.1, log's c
+    floor: int = 8192  # the position scale: Llama 4's floor 8192, log's training length
+
+    def __post_init__(self) -> None:
+        if self.temperature not in TEMPERATURES:
+            raise ValueError(f"nope_temperature must be one of {', '.join(TEMPERATURES)}, got {self.temperature!r}")
+        if not _is_num(self.scale) or self.scale < 0:
+            raise ValueError(f"attn_temp_scale must be a number >= 0, got {self.scale!r}")
+        if not _is_int(self.floor) or self.floor < 1:
+            raise ValueError(f"attn_temp_floor must be an integer >= 1, got {self.floor!r}")
+        object.__setattr__(self, "scale", float(self.scale))
+
+
+# the option groups of ModelConfig, and the flat names older configs use for their fields
+OPTION_GROUPS: dict[str, type] = {"rope": RopeOptions, "nope": NopeOptions}
+FLAT_OPTIONS: dict[str, tuple[str, str]] = {
+    "rope_theta": ("rope", "theta"),
+    "rope_scaling": ("rope", "scaling"),
+    "rope_factor": ("rope", "factor"),
+    "rope_original_len": ("rope", "original_len"),
+    "rope_fope_sigma": ("rope", "fope_sigma"),
+    "rope_fraction": ("rope", "fraction"),
+    "rope_qk_l2norm": ("rope", "qk_l2norm"),
+    "nope_temperature": ("nope", "temperature"),
+    "attn_temp_scale": ("nope", "scale"),
+    "attn_temp_floor": ("nope", "floor"),
+}
+
+
 @dataclass(frozen=True)
 class LayerSpec:
-    """What one attention layer does. ``window``/``chunk`` are set only for that span."""
+    """What one attention layer does. ``window``/``chunk`` are set only for that span.
+
+    A RoPE layer carries ``rope_options`` (``original_len`` resolved), a NoPE layer
+    ``nope_options``; the other is None. Left out, the defaults of its kind are filled in.
+    """
 
     rope: bool
     span: Span
     window: int | None = None
     chunk: int | None = None
     qk_norm: bool = False
-    rope_theta: float = 10_000.0
-    # RoPE layers only (rnope.rope documents each method and its paper)
-    rope_scaling: str = "none"
-    rope_factor: float = 1.0
-    rope_original_len: int = 0
-    rope_fope_sigma: float = 0.1
-    rope_fraction: float = 1.0
-    qk_l2norm: bool = False
-    # NoPE layers only: query temperature "none" | "llama4" | "log" | "ssmax" (rnope.nope_scale);
-    # attn_temp_scale is the coefficient (Llama 4's 0.1, log's c), attn_temp_floor the position
-    # scale (Llama 4's floor 8192, log's training length)
-    temperature: str = "none"
-    attn_temp_scale: float = 0.1
-    attn_temp_floor: int = 8192
+    rope_options: RopeOptions | None = None
+    nope_options: NopeOptions | None = None
+
+    def __post_init__(self) -> None:
+        if self.rope and self.nope_options is not None or not self.rope and self.rope_options is not None:
+            raise ValueError("a RoPE layer takes rope_options only and a NoPE layer nope_options only")
+        if self.rope and self.rope_options is None:
+            object.__setattr__(self, "rope_options", RopeOptions())
+        if not self.rope and self.nope_options is None:
+            object.__setattr__(self, "nope_options", NopeOptions())
 
     @property
     def is_global(self) -> bool:
@@ -98,7 +185,6 @@ class ModelConfig:
     pattern: str = "SSSN"
     window: int = 128
     chunk_size: int = 256
-    rope_theta: float = 10_000.0
     logit_scale: float = 1.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
@@ -109,21 +195,16 @@ class ModelConfig:
     norm: str = "layernorm"
     rope_layout: str = "interleaved"
     qkv_bias: bool = False  # biases on the q/k/v projections, none on o_proj (Qwen2)
-    # positional-scheme relatives: RoPE extensions, iRoPE, NoPE temperature
-    rope_scaling: str = "none"
-    rope_factor: float = 1.0
-    rope_original_len: int = 0  # 0 = max_seq_len
-    rope_fope_sigma: float = 0.1
-    rope_fraction: float = 1.0
-    rope_qk_l2norm: bool = False
-    # NoPE-layer query scale β(p) (rnope.nope_scale): "llama4" 1 + scale·ln(floor((p+1)/floor) + 1),
-    # "log" 1 + scale·ln(max(1, (p+1)/floor)) with floor = the training length, "ssmax" learned
-    nope_temperature: str = "none"
-    attn_temp_scale: float = 0.1
-    attn_temp_floor: int = 8192
+    # positional-scheme options: RoPE theta and extensions (RoPE layers), query temperature (NoPE layers)
+    rope: RopeOptions = RopeOptions()
+    nope: NopeOptions = NopeOptions()
     layers: tuple[LayerSpec, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for name, cls in OPTION_GROUPS.items():  # a mapping of options is accepted for the object
+            v = getattr(self, name)
+            if not isinstance(v, cls):
+                object.__setattr__(self, name, cls(**_options(name, v)))
         ints = {
             "vocab_size": 1,
             "n_layer": 1,
@@ -151,31 +232,15 @@ class ModelConfig:
             "block": ("parallel", "sequential"),
             "norm": ("layernorm", "rmsnorm"),
             "rope_layout": ("interleaved", "half"),
-            "rope_scaling": SCALINGS,
-            "nope_temperature": ("none", "llama4", "log", "ssmax"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not isinstance(self.qkv_bias, bool):
             raise ValueError(f"qkv_bias must be true or false, got {self.qkv_bias!r}")
-        for name in ("rope_original_len",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-        if isinstance(self.attn_temp_floor, bool) or not isinstance(self.attn_temp_floor, int) or self.attn_temp_floor < 1:
-            raise ValueError(f"attn_temp_floor must be an integer >= 1, got {self.attn_temp_floor!r}")
-        if not 0.0 < self.rope_fraction <= 1.0:
-            raise ValueError(f"rope_fraction must be in (0, 1], got {self.rope_fraction!r}")
-        if not self.rope_factor >= 1.0:
-            raise ValueError(f"rope_factor must be >= 1, got {self.rope_factor!r}")
-        if self.rope_scaling == "ntk" and self.head_dim <= 2:
+        if self.rope.scaling == "ntk" and self.head_dim <= 2:
             raise ValueError(f"rope_scaling 'ntk' needs head_dim > 2, got {self.head_dim}")
-        for name in ("attn_temp_scale", "rope_fope_sigma"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
-        for name in ("rope_theta", "logit_scale", "norm_eps", "init_std"):
+        for name in ("logit_scale", "norm_eps", "init_std"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
@@ -189,38 +254,22 @@ class ModelConfig:
         object.__setattr__(self, "layers", self._expand())
 
     def _expand(self) -> tuple[LayerSpec, ...]:
+        rope = dataclasses.replace(self.rope, original_len=self.rope.original_len or self.max_seq_len)
         specs = []
         for i in range(self.n_layer):
-            rope, span, qk = PATTERN_LETTERS[self.pattern[i % len(self.pattern)]]
+            uses_rope, span, qk = PATTERN_LETTERS[self.pattern[i % len(self.pattern)]]
             specs.append(
                 LayerSpec(
-                    rope=rope,
+                    rope=uses_rope,
                     span=span,
                     window=self.window if span == "sliding" else None,
                     chunk=self.chunk_size if span == "chunked" else None,
                     qk_norm=qk,
-                    rope_theta=float(self.rope_theta),
-                    **(self._rope_options() if rope else self._nope_options()),
+                    rope_options=rope if uses_rope else None,
+                    nope_options=None if uses_rope else self.nope,
                 )
             )
         return tuple(specs)
-
-    def _rope_options(self) -> dict:
-        return dict(
-            rope_scaling=self.rope_scaling,
-            rope_factor=float(self.rope_factor),
-            rope_original_len=self.rope_original_len or self.max_seq_len,
-            rope_fope_sigma=float(self.rope_fope_sigma),
-            rope_fraction=float(self.rope_fraction),
-            qk_l2norm=self.rope_qk_l2norm,
-        )
-
-    def _nope_options(self) -> dict:
-        return dict(
-            temperature=self.nope_temperature,
-            attn_temp_scale=float(self.attn_temp_scale),
-            attn_temp_floor=self.attn_temp_floor,
-        )
 
     # ---- derived values -------------------------------------------------------------------
     @property
@@ -247,34 +296,104 @@ class ModelConfig:
         mlp = 3 * d * self.d_ff
         per_layer = attn + mlp + d * (2 if self.block == "sequential" else 1)  # norm weights
         qk = sum((self.n_head + self.n_kv_head) * hd for s in self.layers if s.qk_norm)  # per-head weights (HF cohere)
-        qk += sum(self.n_head for s in self.layers if s.temperature == "ssmax")  # SSMax s per head
+        qk += sum(self.n_head for s in self.layers if not s.rope and s.nope_options.temperature == "ssmax")  # SSMax s per head
         emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         return emb + self.n_layer * per_layer + qk + d
 
     # ---- (de)serialisation ----------------------------------------------------------------
+    # Mappings of fields (config.json, presets, overrides) name the options nested, {"rope": {"factor": 4}},
+    # or by their flat names of older configs, {"rope_factor": 4}; see merge_overrides.
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        """Every init field; the option groups as nested dicts (``"rope": {...}, "nope": {...}``)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.init:
+                v = getattr(self, f.name)
+                out[f.name] = {g.name: getattr(v, g.name) for g in dataclasses.fields(v)} if f.name in OPTION_GROUPS else v
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        return cls(**d)
+        """The config of a mapping of fields, nested or flat option names (see :func:`merge_overrides`);
+        a group's options left out keep their defaults."""
+        return cls(**merge_overrides(d))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def replace(self, **overrides: Any) -> "ModelConfig":
-        return ModelConfig.from_dict({**self.to_dict(), **overrides})
+        """This config with ``overrides`` (fields; options nested, as a partial mapping or a whole
+        options object, or by flat name)."""
+        return ModelConfig.from_dict(merge_overrides(self.to_dict(), overrides))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
-        """A preset from ``PRESETS`` with keyword overrides (any init field)."""
+        """A preset from ``PRESETS`` with keyword overrides (any init field, or an option by nested or flat name)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})")
-        return cls.from_dict({**PRESETS[name], **overrides})
+        return cls.from_dict(merge_overrides(PRESETS[name], overrides))
+
+
+def _options(group: str, value: Any) -> dict[str, Any]:
+    """``{option: value}`` of one group given as its options object or a (partial) mapping."""
+    cls = OPTION_GROUPS[group]
+    if isinstance(value, cls):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(cls)}
+    if not isinstance(value, dict):
+        raise ValueError(f"{group} must be a mapping of {cls.__name__} fields, got {type(value).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for k in value:
+        if k not in known:
+            raise ValueError(
+                f"unknown model config key '{group}.{k}' (known: {', '.join(sorted(f'{group}.{n}' for n in known))})"
+            )
+    return dict(value)
+
+
+def _split(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(plain fields, {group: {option: value}}) of one mapping; a flat name and its nested twin must agree."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a model config must be a mapping, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(ModelConfig) if f.init}
+    plain: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {g: {} for g in OPTION_GROUPS}
+    flat: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        if k in FLAT_OPTIONS:
+            flat.append((k, v))
+        elif k in OPTION_GROUPS:
+            groups[k].update(_options(k, v))
+        elif k in known:
+            plain[k] = v
+        else:
+            raise ValueError(f"unknown model config key {k!r} (known: {', '.join(sorted(known))})")
+    for k, v in flat:
+        g, name = FLAT_OPTIONS[k]
+        if name in groups[g] and groups[g][name] != v:
+            raise ValueError(
+                f"{k}={v!r} and {g}.{name}={groups[g][name]!r} name the same option with different values; give one of them"
+            )
+        groups[g][name] = v
+    return plain, groups
+
+
+def merge_overrides(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Merge mappings of ModelConfig fields, later ones winning, into one canonical mapping.
+
+    Options may be given nested (``{"rope": {"factor": 4.0}}``: a partial mapping merges option by
+    option, an options object replaces the whole group) or by the flat names of older configs
+    (``{"rope_factor": 4.0}``, see :data:`FLAT_OPTIONS`). Within one mapping a flat name and its
+    nested twin with different values are a ``ValueError`` naming both; an unknown key is a
+    ``ValueError`` too. The result holds plain fields and, for each group given, a nested dict.
+    """
+    plain: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {g: {} for g in OPTION_GROUPS}
+    for d in layers:
+        p, gs = _split(d)
+        plain.update(p)
+        for g, opts in gs.items():
+            groups[g].update(opts)
+    return {**plain, **{g: opts for g, opts in groups.items() if opts}}
 
 
 # Small default size for CPU experiments (≈1M parameters with the byte-level vocabulary).
@@ -282,7 +401,7 @@ _SMALL = dict(vocab_size=259, n_layer=4, d_model=128, n_head=4, n_kv_head=2, d_f
 
 PRESETS: dict[str, dict[str, Any]] = {
     # the paper: 3 RoPE sliding-window layers + 1 NoPE global layer per block, theta 10k, GQA
-    "rnope-swa": {**_SMALL, "pattern": "SSSN", "rope_theta": 10_000.0},
+    "rnope-swa": {**_SMALL, "pattern": "SSSN", "rope": {"theta": 10_000.0}},
     "rope": {**_SMALL, "pattern": "R"},
     "nope": {**_SMALL, "pattern": "N"},
     "qknorm": {**_SMALL, "pattern": "Q"},
@@ -299,28 +418,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_seq_len=131_072,
         pattern="SSSN",
         window=4096,
-        rope_theta=50_000.0,
+        rope={"theta": 50_000.0},
         logit_scale=0.25,
         tie_embeddings=True,
     ),
     # ---- positional-scheme relatives (rnope.rope cites each method) ----
     # ABF: a larger base frequency (Xiong et al. 2023)
-    "rope-abf": {**_SMALL, "pattern": "R", "rope_theta": 500_000.0},
+    "rope-abf": {**_SMALL, "pattern": "R", "rope": {"theta": 500_000.0}},
     # extension methods, as applied when moving to 4x the original context
-    "rope-pi": {**_SMALL, "pattern": "R", "rope_scaling": "linear", "rope_factor": 4.0},
-    "rope-ntk": {**_SMALL, "pattern": "R", "rope_scaling": "ntk", "rope_factor": 4.0},
-    "rope-yarn": {**_SMALL, "pattern": "R", "rope_scaling": "yarn", "rope_factor": 4.0},
-    "rope-resonance": {**_SMALL, "pattern": "R", "rope_scaling": "resonance"},
-    "rope-fope": {**_SMALL, "pattern": "R", "rope_scaling": "fope"},
-    "p-rope": {**_SMALL, "pattern": "R", "rope_fraction": 0.75},
+    "rope-pi": {**_SMALL, "pattern": "R", "rope": {"scaling": "linear", "factor": 4.0}},
+    "rope-ntk": {**_SMALL, "pattern": "R", "rope": {"scaling": "ntk", "factor": 4.0}},
+    "rope-yarn": {**_SMALL, "pattern": "R", "rope": {"scaling": "yarn", "factor": 4.0}},
+    "rope-resonance": {**_SMALL, "pattern": "R", "rope": {"scaling": "resonance"}},
+    "rope-fope": {**_SMALL, "pattern": "R", "rope": {"scaling": "fope"}},
+    "p-rope": {**_SMALL, "pattern": "R", "rope": {"fraction": 0.75}},
     # Llama 4 iRoPE: 3 RoPE chunked-local layers + 1 NoPE global layer with temperature tuning,
     # weightless L2 QK-norm on RoPE layers only
-    "llama4-irope": {**_SMALL, "pattern": "CCCN", "nope_temperature": "llama4", "rope_qk_l2norm": True},
+    "llama4-irope": {**_SMALL, "pattern": "CCCN", "rope": {"qk_l2norm": True}, "nope": {"temperature": "llama4"}},
     # RNoPE-SWA with NoPE-layer temperature: Llama-4 formula / Scalable-Softmax (s·log n)
-    "rnope-swa-temp": {**_SMALL, "pattern": "SSSN", "nope_temperature": "llama4"},
-    "rnope-swa-ssmax": {**_SMALL, "pattern": "SSSN", "nope_temperature": "ssmax"},
+    "rnope-swa-temp": {**_SMALL, "pattern": "SSSN", "nope": {"temperature": "llama4"}},
+    "rnope-swa-ssmax": {**_SMALL, "pattern": "SSSN", "nope": {"temperature": "ssmax"}},
     # SmolLM3: NoPE every 4th layer, all full attention, Llama block (sequential, RMSNorm, half RoPE)
-    "smollm3": {**_SMALL, "pattern": "RRRN", "block": "sequential", "norm": "rmsnorm", "rope_layout": "half", "rope_theta": 5e6},
+    "smollm3": {**_SMALL, "pattern": "RRRN", "block": "sequential", "norm": "rmsnorm", "rope_layout": "half", "rope": {"theta": 5e6}},
     # torchtitan-style debug model for tests
     "debug": dict(vocab_size=64, n_layer=4, d_model=32, n_head=4, n_kv_head=2, d_ff=64, max_seq_len=256, window=8, chunk_size=8),
 }

@@ -12,7 +12,7 @@ The exceptions are the weights that only some letters have:
 * ``Q`` (QK-norm) layers have per-head ``q_norm`` / ``k_norm`` weights. A layer that *becomes*
   ``Q`` gets them at their fresh-init value, 1 (the norm itself is new, so the layer changes);
   a ``Q`` layer that would become another letter is refused, since its norm weights would be lost.
-* NoPE layers of a model with ``nope_temperature="ssmax"`` have a learned per-head scale; a layer
+* NoPE layers of a model with ``nope.temperature="ssmax"`` have a learned per-head scale; a layer
   that becomes NoPE gets it at its fresh-init value, one that stops being NoPE is refused.
 
 The converted model is a different model: it needs continued training (``rnope train --init``).
@@ -94,8 +94,8 @@ def pattern_presets() -> dict[str, str]:
     for name, p in PRESETS.items():
         if "pattern" not in p:
             continue
-        rest = {k: v for k, v in p.items() if k not in _SHAPES and k != "pattern"}
-        if all(defaults.get(k) == v for k, v in rest.items()):
+        resolved = ModelConfig.from_preset(name).to_dict()  # options nested and complete
+        if all(defaults[k] == v for k, v in resolved.items() if k not in _SHAPES and k != "pattern"):
             out[name] = p["pattern"]
     return dict(sorted(out.items()))
 

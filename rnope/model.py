@@ -129,10 +129,11 @@ class Attention(nn.Module):
             # (transformers keeps inv_freq in fp32 too); Context.angles moves them to the device.
             # Always on CPU, also when the model is built on "meta" (rnope.load assigns the weights)
             with torch.device("cpu"):
-                self.inv_freq, self.rope_factor, self.rope_mix = rope_tables(spec, self.head_dim, layer_idx=layer_idx)
-            self.rope_key = (spec.rope_theta, spec.rope_scaling, spec.rope_factor, spec.rope_original_len,
-                             spec.rope_fraction, layer_idx if self.rope_mix is not None else -1)
-        if spec.temperature == "ssmax":  # Scalable-Softmax: q · s_h · log n, s learnable per head
+                self.inv_freq, self.rope_factor, self.rope_mix = rope_tables(spec.rope_options, self.head_dim, layer_idx=layer_idx)
+            opts = spec.rope_options
+            self.rope_key = (opts.theta, opts.scaling, opts.factor, opts.original_len,
+                             opts.fraction, layer_idx if self.rope_mix is not None else -1)
+        if not spec.rope and spec.nope_options.temperature == "ssmax":  # Scalable-Softmax: q · s_h · log n, s learnable per head
             self.ssmax_scale = nn.Parameter(torch.full((self.n_head,), 1.0 / math.log(max(config.max_seq_len, 3))))
 
     def forward(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -155,15 +156,15 @@ class Attention(nn.Module):
             else:
                 cos, sin = ctx.angles(self)
                 q, k = apply_rotary(q, cos, sin, self.layout), apply_rotary(k, cos, sin, self.layout)
-            if self.spec.qk_l2norm:  # Llama 4: weightless RMS-style L2 norm after RoPE, RoPE layers only
+            if self.spec.rope_options.qk_l2norm:  # Llama 4: weightless RMS-style L2 norm after RoPE, RoPE layers only
                 q, k = _l2norm(q), _l2norm(k)
-        elif self.spec.temperature == "llama4":  # Llama 4 attn_temperature_tuning, NoPE layers only
-            scale = llama4_temperature(ctx.positions, self.spec.attn_temp_scale, self.spec.attn_temp_floor)
+        elif self.spec.nope_options.temperature == "llama4":  # Llama 4 attn_temperature_tuning, NoPE layers only
+            scale = llama4_temperature(ctx.positions, self.spec.nope_options.scale, self.spec.nope_options.floor)
             q = (q.float() * scale[:, None, :, None]).to(q.dtype)
-        elif self.spec.temperature == "log":  # β = 1 + c·ln(max(1, (p+1)/L_train)), NoPE layers only
-            scale = log_temperature(ctx.positions, self.spec.attn_temp_scale, self.spec.attn_temp_floor)
+        elif self.spec.nope_options.temperature == "log":  # β = 1 + c·ln(max(1, (p+1)/L_train)), NoPE layers only
+            scale = log_temperature(ctx.positions, self.spec.nope_options.scale, self.spec.nope_options.floor)
             q = (q.float() * scale[:, None, :, None]).to(q.dtype)
-        elif self.spec.temperature == "ssmax":  # Scalable-Softmax (Nakanishi 2025): q · s·log(n)
+        elif self.spec.nope_options.temperature == "ssmax":  # Scalable-Softmax (Nakanishi 2025): q · s·log(n)
             logn = ctx.visible_keys(self.spec).float().log()  # (B, T)
             q = (q.float() * (self.ssmax_scale.float()[None, :, None] * logn[:, None, :])[..., None]).to(q.dtype)
 

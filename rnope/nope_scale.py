@@ -5,13 +5,13 @@ count) is multiplied by a factor ``β(p)`` before attention, so every attention 
 is multiplied by ``β(p)``. RoPE layers are never touched. The modes:
 
 ==========  ==================================================  =================================
-mode        β(p)                                                config (``nope_temperature``)
+mode        β(p)                                                config (``nope.temperature``)
 ==========  ==================================================  =================================
 ``none``    1                                                   ``"none"``
-``llama4``  1 + s·ln(floor((p+1)/F) + 1), s = 0.1, F = 8192      ``"llama4"``, s = attn_temp_scale,
-            (Llama 4's ``attn_temperature_tuning``)              F = attn_temp_floor
-``log``     1 + c·ln(max(1, (p+1)/L_train)), c = 0.1            ``"log"``, c = attn_temp_scale,
-                                                                L_train = attn_temp_floor
+``llama4``  1 + s·ln(floor((p+1)/F) + 1), s = 0.1, F = 8192      ``"llama4"``, s = nope.scale,
+            (Llama 4's ``attn_temperature_tuning``)              F = nope.floor
+``log``     1 + c·ln(max(1, (p+1)/L_train)), c = 0.1            ``"log"``, c = nope.scale,
+                                                                L_train = nope.floor
 ``fitted``  ``log`` with c fitted on held-out text              as ``log``
 ==========  ==================================================  =================================
 
@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import ModelConfig
+from .config import ModelConfig, NopeOptions
 
 __all__ = [
     "DEFAULT_C",
@@ -126,16 +126,16 @@ def parse_mode(value: str | None, flag: str = "--nope-scale") -> tuple[str | Non
 def check_config(config: ModelConfig, mode: str | None, flag: str = "--nope-scale", where: str | os.PathLike | None = None) -> None:
     """Raise ``ValueError`` (one line) when ``mode`` cannot apply to ``config``: a mode other than
     none on a model without NoPE layer, or any mode on a model whose NoPE layers learned a
-    Scalable-Softmax scale (``nope_temperature "ssmax"``: its scale is part of the weights)."""
+    Scalable-Softmax scale (``nope.temperature "ssmax"``: its scale is part of the weights)."""
     if mode is None:
         return
     what = "the model" if where is None else f"the model '{os.fspath(where)}'"
     nope = [s for s in config.layers if not s.rope]
     if mode != "none" and not nope:
         raise ValueError(f"{flag} {mode}: {what} has no NoPE layer (pattern {config.pattern})")
-    if any(s.temperature == "ssmax" for s in nope):
+    if any(s.nope_options.temperature == "ssmax" for s in nope):
         raise ValueError(f"{flag} {mode}: {what} scales its NoPE queries by a learned Scalable-Softmax "
-                         f"(nope_temperature 'ssmax'), which {flag} cannot replace")
+                         f"(nope.temperature 'ssmax'), which {flag} cannot replace")
 
 
 def check_checkpoint(path: str | os.PathLike, mode: str | None, flag: str = "--nope-scale") -> None:
@@ -160,22 +160,21 @@ def scaled_config(config: ModelConfig, mode: str, c: float | None = None, *, tra
                   floor: int | None = None) -> ModelConfig:
     """``config`` with the NoPE query scale of ``mode`` ("none", "llama4", "log"); other fields kept.
 
-    llama4: ``c`` / ``floor`` default to the config's own attn_temp_* when it already is llama4,
+    llama4: ``c`` / ``floor`` default to the config's own ``nope.scale`` / ``nope.floor`` when it already is llama4,
     else to Llama 4's 0.1 / 8192. log: ``c`` defaults to :data:`DEFAULT_C`, ``train_seq_len`` to
     ``config.max_seq_len``."""
     if mode == "none":
-        return config.replace(nope_temperature="none")
+        return config.replace(nope={"temperature": "none"})
     if mode == "llama4":
-        same = config.nope_temperature == "llama4"
-        scale = c if c is not None else (config.attn_temp_scale if same else LLAMA4_SCALE)
-        fl = floor if floor is not None else (config.attn_temp_floor if same else LLAMA4_FLOOR)
-        return config.replace(nope_temperature="llama4", attn_temp_scale=float(scale), attn_temp_floor=int(fl))
+        same = config.nope.temperature == "llama4"
+        scale = c if c is not None else (config.nope.scale if same else LLAMA4_SCALE)
+        fl = floor if floor is not None else (config.nope.floor if same else LLAMA4_FLOOR)
+        return config.replace(nope=NopeOptions(temperature="llama4", scale=float(scale), floor=int(fl)))
     if mode == "log":
         L = config.max_seq_len if train_seq_len is None else train_seq_len
         if isinstance(L, bool) or not isinstance(L, int) or L < 1:
             raise ValueError(f"train_seq_len must be an integer >= 1, got {L!r}")
-        return config.replace(nope_temperature="log", attn_temp_scale=float(DEFAULT_C if c is None else c),
-                              attn_temp_floor=L)
+        return config.replace(nope=NopeOptions(temperature="log", scale=float(DEFAULT_C if c is None else c), floor=L))
     raise ValueError(f"nope_scale mode must be none, llama4 or log, got {mode!r}")
 
 
@@ -263,7 +262,7 @@ def apply(
     if mode in ("none", "llama4"):
         cfg = set_nope_scale(model, mode)
         if mode == "llama4":
-            info.update(c=cfg.attn_temp_scale, floor=cfg.attn_temp_floor)
+            info.update(c=cfg.nope.scale, floor=cfg.nope.floor)
     elif mode == "log":
         set_nope_scale(model, "log", c, train_seq_len=L)
         info.update(c=DEFAULT_C if c is None else c, train_seq_len=L, source="given" if c is not None else "default c")

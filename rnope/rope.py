@@ -4,7 +4,7 @@ Layout: Cohere / HF ``cohere`` & ``cohere2`` rotate **interleaved** pairs ``(x[2
 (GPT-J style); Llama-family models rotate **halves** ``(x[i], x[i+D/2])``. The rotation is done in
 fp32 and cast back. Base frequencies ``ω_i = θ^(-2i/d)``.
 
-Extension methods (``LayerSpec.rope_scaling``; ``s`` = ``rope_factor``, ``L`` = ``rope_original_len``):
+Extension methods (``RopeOptions.scaling``; ``s`` = ``factor``, ``L`` = ``original_len``; ``rnope.config.RopeOptions``):
 
 * ``linear`` — Position Interpolation (Chen et al. 2023, arXiv 2306.15595): ``ω_i / s``.
 * ``ntk`` — NTK-aware scaling (bloc97 2023; HF "dynamic" at a fixed length):
@@ -18,11 +18,11 @@ Extension methods (``LayerSpec.rope_scaling``; ``s`` = ``rope_factor``, ``L`` = 
 * ``fope`` — Fourier Position Embedding (Hua et al. 2024, arXiv 2412.17739): frequencies whose
   period exceeds ``L`` are clipped to zero (undertrained), and every pair is a Fourier series
   over all frequencies, ``cos'(n) = Σ_j A_ij cos(ω_j n)`` (likewise sin) with a fixed
-  ``A = I + σ·N(0,1)`` off-diagonal (``σ = rope_fope_sigma``, seeded by the layer).
+  ``A = I + σ·N(0,1)`` off-diagonal (``σ = fope_sigma``, seeded by the layer).
 
-Partial RoPE (p-RoPE, Barbero et al. 2024, arXiv 2410.06205): ``rope_fraction = p`` keeps the
+Partial RoPE (p-RoPE, Barbero et al. 2024, arXiv 2410.06205): ``fraction = p`` keeps the
 ``p`` highest-frequency pairs and zeroes the rest (those pairs carry no position).
-Theta scaling / ABF (Xiong et al. 2023, arXiv 2309.16039) is a larger ``rope_theta``.
+Theta scaling / ABF (Xiong et al. 2023, arXiv 2309.16039) is a larger ``theta``.
 """
 
 from __future__ import annotations
@@ -54,10 +54,11 @@ def yarn_ramp(head_dim: int, theta: float, original_len: int, beta_fast: float =
     return 1.0 - ramp
 
 
-def rope_tables(spec, head_dim: int, *, layer_idx: int = 0) -> tuple[torch.Tensor, float, torch.Tensor | None]:
-    """(inv_freq (D/2,), attention factor, FoPE mixing matrix (D/2, D/2) or None) of a layer."""
-    theta, s, L = spec.rope_theta, spec.rope_factor, spec.rope_original_len
-    kind = spec.rope_scaling
+def rope_tables(opts, head_dim: int, *, layer_idx: int = 0) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+    """(inv_freq (D/2,), attention factor, FoPE mixing matrix (D/2, D/2) or None) of a layer whose
+    ``LayerSpec.rope_options`` are ``opts`` (a :class:`rnope.config.RopeOptions`, ``original_len`` resolved)."""
+    theta, s, L = opts.theta, opts.factor, opts.original_len
+    kind = opts.scaling
     if kind == "ntk":
         theta = theta * s ** (head_dim / (head_dim - 2))
     inv = inv_frequencies(head_dim, theta)
@@ -76,10 +77,10 @@ def rope_tables(spec, head_dim: int, *, layer_idx: int = 0) -> tuple[torch.Tenso
         inv = torch.where(2 * math.pi / inv > L, torch.zeros_like(inv), inv)
         g = torch.Generator().manual_seed(1009 + layer_idx)
         n = head_dim // 2
-        noise = torch.randn(n, n, generator=g) * spec.rope_fope_sigma
+        noise = torch.randn(n, n, generator=g) * opts.fope_sigma
         mix = torch.eye(n) + noise * (1 - torch.eye(n))
-    if spec.rope_fraction < 1.0:
-        keep = round(spec.rope_fraction * inv.numel())  # highest frequencies come first
+    if opts.fraction < 1.0:
+        keep = round(opts.fraction * inv.numel())  # highest frequencies come first
         inv = torch.cat((inv[:keep], torch.zeros(inv.numel() - keep)))
     return inv, factor, mix
 

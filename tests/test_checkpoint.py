@@ -21,6 +21,32 @@ def test_save_load_round_trip_is_exact(tmp_path):
     assert meta["format"] == "rnope" and meta["model"]["pattern"] == "SSSN"
 
 
+_FLAT = {"theta": "rope_theta", "scaling": "rope_scaling", "factor": "rope_factor", "original_len": "rope_original_len",
+         "fope_sigma": "rope_fope_sigma", "fraction": "rope_fraction", "qk_l2norm": "rope_qk_l2norm",
+         "temperature": "nope_temperature", "scale": "attn_temp_scale", "floor": "attn_temp_floor"}
+
+
+def flat_model_dict(d: dict) -> dict:
+    """A model config dict as older rnope versions wrote it: the RoPE / NoPE options as flat fields."""
+    out = {k: v for k, v in d.items() if k not in ("rope", "nope")}
+    out.update({_FLAT[k]: v for g in ("rope", "nope") for k, v in d[g].items()})
+    return out
+
+
+@torch.no_grad()
+def test_old_checkpoint_with_flat_option_names_loads(tmp_path):
+    model = tiny_model("rnope-swa-temp", nope={"floor": 8, "scale": 0.3})
+    d = rnope.save(tmp_path / "m", model)
+    meta = json.loads((d / "config.json").read_text())
+    assert meta["model"]["nope"] == {"temperature": "llama4", "scale": 0.3, "floor": 8} and "attn_temp_floor" not in meta["model"]
+    meta["model"] = flat_model_dict(meta["model"])
+    (d / "config.json").write_text(json.dumps(meta))
+    again, _ = rnope.load(d)
+    assert again.config == model.config
+    x = torch.randint(0, 61, (2, 30))
+    assert torch.equal(again(x), model(x))
+
+
 def test_load_run_directory_picks_latest_complete_checkpoint(tmp_path):
     a, b = tiny_model("rope", seed=1), tiny_model("rope", seed=2)
     rnope.save(tmp_path / "run" / "checkpoints" / "step_20", a)

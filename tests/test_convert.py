@@ -127,7 +127,7 @@ def test_layers_that_become_qk_norm_or_ssmax_get_their_init_values(tmp_path, rop
     assert all(torch.equal(b[k], fresh[k]) for k in added) and all(torch.equal(a[k], b[k]) for k in a)
     assert sorted(json.loads((out / "config.json").read_text())["converted_from"]["added"]) == added
     # SSMax: NoPE layers of an ssmax model carry a learned scale; a layer that becomes NoPE gets the init value
-    src = tiny_model("rope", **TINY, nope_temperature="ssmax")
+    src = tiny_model("rope", **TINY, nope={"temperature": "ssmax"})
     new = convert_model(src, target_config(src.config, pattern="SSSN", window=8))
     fresh = Transformer(new.config).state_dict()
     assert torch.equal(new.state_dict()["layers.3.self_attn.ssmax_scale"], fresh["layers.3.self_attn.ssmax_scale"])

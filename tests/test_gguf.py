@@ -169,7 +169,7 @@ def test_reference_sees_a_wrong_layout(tmp_path, byte_tok):
 # metadata and tensors
 @pytest.mark.parametrize("preset", ["rnope-swa", "swa", "rnope", "rope"])
 def test_metadata_and_tensors(tmp_path, byte_tok, preset):
-    model = random_model(preset, rope_theta=50_000.0, norm_eps=1e-6)
+    model = random_model(preset, rope={"theta": 50_000.0}, norm_eps=1e-6)
     c = model.config
     path = export_gguf(model, tmp_path / "m.gguf", byte_tok)
     meta, tensors, kinds = read(path)
@@ -309,7 +309,7 @@ REFUSALS = {
              "sliding-window RoPE layer (its interleaved sliding-window cache asserts one)"),
     "untied": (("rnope-swa", {"tie_embeddings": False}), P + "the output head 'lm_head.weight' is untied; llama.cpp's cohere2 "
                "has no output.weight and reuses token_embd.weight (export a model with tie_embeddings=True)"),
-    "chunked": (("llama4-irope", {"rope_qk_l2norm": False, "nope_temperature": "none"}),
+    "chunked": (("llama4-irope", {"rope": {"qk_l2norm": False}, "nope": {"temperature": "none"}}),
                 P + "layer 0 uses chunked attention, which cohere/cohere2 cannot express"),
     "qknorm": (("qknorm", {}), P + "layer 0 uses QK-norm, which llama.cpp's cohere2 does not have"),
     "qk-mixed": (("rnope-swa", {"pattern": "QQQN"}), P + "layer 0 uses QK-norm but layer 3 does not; cohere applies QK-norm "

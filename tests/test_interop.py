@@ -213,7 +213,7 @@ def test_import_transformers_cohere2(tmp_path):
     Tokenizer.byte_level().save(tmp_path / "hf" / "tokenizer.json")
     model, tok = rnope.load(tmp_path / "hf")
     c = model.config
-    assert (c.pattern, c.n_layer, c.window, c.rope_theta, c.logit_scale, c.max_seq_len) == ("SSSN", 6, W, 5000.0, 0.25, 128)
+    assert (c.pattern, c.n_layer, c.window, c.rope.theta, c.logit_scale, c.max_seq_len) == ("SSSN", 6, W, 5000.0, 0.25, 128)
     assert tok is not None and tok.eos_id == 2
     x = prompt_ids(4 * W, batch=2)
     delta = (hf(x).logits - model(x)).abs().max().item()
@@ -264,6 +264,18 @@ def test_round_trip_export_import_is_exact(tmp_path, preset):
     a, b = model.state_dict(), again.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert tok2.to_json() == tok.to_json()
+
+
+def test_import_reads_an_older_rnope_section_with_flat_option_names(tmp_path):
+    from .test_checkpoint import flat_model_dict
+
+    model = random_model("rnope-swa", chunk_size=77)  # chunk_size lives in the rnope section only
+    d = export(model, tmp_path / "hf", log=None)
+    meta = json.loads((d / "config.json").read_text())
+    assert meta["rnope"]["model"]["rope"]["theta"] == 10_000.0
+    meta["rnope"]["model"] = flat_model_dict(meta["rnope"]["model"])
+    (d / "config.json").write_text(json.dumps(meta))
+    assert load_hf(d, log=None)[0].config == model.config
 
 
 def test_import_without_rnope_section_derives_the_config(tmp_path):

@@ -102,12 +102,12 @@ def test_import_maps_the_config(hf_dirs, family):
     assert (c.block, c.norm, c.rope_layout, c.logit_scale) == ("sequential", "rmsnorm", "half", 1.0)
     assert (c.pattern, c.n_layer, c.d_model, c.n_head, c.n_kv_head, c.d_ff, c.vocab_size) == (pattern, 4, 64, 4, 2, 96, VOCAB)
     assert c.tie_embeddings == meta["tie_word_embeddings"] and c.norm_eps == meta["rms_norm_eps"]
-    assert c.rope_theta == meta["rope_parameters"]["rope_theta"] and c.max_seq_len == 256
+    assert c.rope.theta == meta["rope_parameters"]["rope_theta"] and c.max_seq_len == 256
     assert c.qkv_bias == (family == "qwen2")
     if window is not None:
         assert c.window == window
     rope = meta["rope_parameters"]
-    assert (c.rope_scaling, c.rope_factor) == ({"default": "none"}.get(rope["rope_type"], rope["rope_type"]), rope.get("factor", 1.0))
+    assert (c.rope.scaling, c.rope.factor) == ({"default": "none"}.get(rope["rope_type"], rope["rope_type"]), rope.get("factor", 1.0))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -203,7 +203,7 @@ EXPORTS = {  # id -> (pattern, overrides)
     "rnope-swa-SSSN": ("SSSN", {}),
     "mixed-SRWN-untied": ("SRWN", {"tie_embeddings": False}),
     "nope-sliding-W": ("WWWN", {}),
-    "swa-yarn": ("S", {"rope_scaling": "yarn", "rope_factor": 4.0, "rope_original_len": 64}),
+    "swa-yarn": ("S", {"rope": {"scaling": "yarn", "factor": 4.0, "original_len": 64}}),
 }
 
 
@@ -305,9 +305,9 @@ _EXPORT_REFUSED = [
     ("RRRN", {"norm": "layernorm"}, "norm='layernorm', which smollm3 cannot express (it uses RMSNorm)"),
     ("RRRN", {"rope_layout": "interleaved"}, "rope_layout='interleaved', which smollm3 cannot express (it rotates halves (x[i], x[i+D/2]))"),
     ("RRRN", {"qkv_bias": True}, "qkv_bias=True (q/k/v biases), which smollm3 cannot express (its attention_bias also biases o_proj)"),
-    ("RRRN", {"rope_scaling": "ntk", "rope_factor": 2.0}, "layer 0 uses RoPE scaling 'ntk', which transformers' rope_parameters cannot express (exportable: none, linear, yarn)"),
-    ("RRRN", {"rope_fraction": 0.5}, "layer 0 uses partial RoPE (rope_fraction=0.5), which smollm3 cannot express"),
-    ("RRRN", {"nope_temperature": "llama4"}, "layer 3 scales NoPE queries by temperature 'llama4', which smollm3 cannot express"),
+    ("RRRN", {"rope": {"scaling": "ntk", "factor": 2.0}}, "layer 0 uses RoPE scaling 'ntk', which transformers' rope_parameters cannot express (exportable: none, linear, yarn)"),
+    ("RRRN", {"rope": {"fraction": 0.5}}, "layer 0 uses partial RoPE (rope_fraction=0.5), which smollm3 cannot express"),
+    ("RRRN", {"nope": {"temperature": "llama4"}}, "layer 3 scales NoPE queries by temperature 'llama4', which smollm3 cannot express"),
 ]
 
 
@@ -400,7 +400,7 @@ def test_transformers_config_defaults_apply_when_keys_are_missing(hf_dirs, tmp_p
     assert "no_rope_layers" not in meta and "rope_parameters" not in meta
     c = load_hf(d, log=None)[0].config
     # smollm3's defaults: NoPE every 4th layer, no sliding, theta 2e6, tied embeddings
-    assert (c.pattern, c.rope_theta, c.tie_embeddings) == ("RRRN", 2e6, True)
+    assert (c.pattern, c.rope.theta, c.tie_embeddings) == ("RRRN", 2e6, True)
     _edit(d, num_key_value_heads=None)  # smollm3's default is 4 KV heads; the tensors hold 2
     with pytest.raises(CheckpointError, match=re.escape(f"{d / 'config.json'}: num_key_value_heads is 4 but model.safetensors holds 2")):
         load_hf(d, log=None)

@@ -12,6 +12,7 @@ import torch
 
 import rnope
 from rnope import nope_scale as ns
+from rnope.config import NopeOptions
 from rnope.cli import main
 from rnope.decode import Decoder
 from rnope.tokenizer import Tokenizer
@@ -51,22 +52,22 @@ def test_beta_values_equal_the_formulas():
 def test_config_of_each_mode():
     m = tiny_model("rnope-swa", max_seq_len=64)
     cfg = ns.set_nope_scale(m, "log", train_seq_len=L_TRAIN)
-    assert (cfg.nope_temperature, cfg.attn_temp_scale, cfg.attn_temp_floor) == ("log", 0.1, L_TRAIN)
-    assert m.config is cfg and m.layers[3].self_attn.spec.temperature == "log"
-    assert [s.temperature for s in cfg.layers] == ["none", "none", "none", "log"]
+    assert cfg.nope == NopeOptions(temperature="log", scale=0.1, floor=L_TRAIN)
+    assert m.config is cfg and m.layers[3].self_attn.spec.nope_options.temperature == "log"
+    assert [s.nope_options and s.nope_options.temperature for s in cfg.layers] == [None, None, None, "log"]
     cfg = ns.set_nope_scale(m, "log", 0.3)  # L_train defaults to max_seq_len
-    assert (cfg.attn_temp_scale, cfg.attn_temp_floor) == (0.3, 64)
+    assert (cfg.nope.scale, cfg.nope.floor) == (0.3, 64)
     cfg = ns.set_nope_scale(m, "llama4")
-    assert (cfg.nope_temperature, cfg.attn_temp_scale, cfg.attn_temp_floor) == ("llama4", 0.1, 8192)
+    assert cfg.nope == NopeOptions(temperature="llama4", scale=0.1, floor=8192)
     cfg = ns.set_nope_scale(m, "none")
-    assert cfg.nope_temperature == "none" and m.layers[3].self_attn.spec.temperature == "none"
+    assert cfg.nope.temperature == "none" and m.layers[3].self_attn.spec.nope_options.temperature == "none"
     # a checkpoint trained with llama4 keeps its own constants
-    t = tiny_model("rnope-swa-temp", attn_temp_floor=4, attn_temp_scale=0.2)
+    t = tiny_model("rnope-swa-temp", nope={"floor": 4, "scale": 0.2})
     cfg = ns.set_nope_scale(t, "llama4")
-    assert (cfg.attn_temp_scale, cfg.attn_temp_floor) == (0.2, 4)
+    assert (cfg.nope.scale, cfg.nope.floor) == (0.2, 4)
     # NoPE sliding layers (W) are NoPE layers too
     w = tiny_model("rnope-swa", pattern="SW")
-    assert [s.temperature for s in ns.set_nope_scale(w, "log").layers] == ["none", "log"] * 2
+    assert [s.nope_options and s.nope_options.temperature for s in ns.set_nope_scale(w, "log").layers] == [None, "log"] * 2
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -80,7 +81,7 @@ def test_none_is_bit_identical():
     ns.set_nope_scale(m, "none")
     assert torch.equal(m(x), want)
     # a model trained with a temperature, switched to none, is the unscaled model
-    t = tiny_model("rnope-swa-temp", max_seq_len=L_TRAIN, attn_temp_floor=4)
+    t = tiny_model("rnope-swa-temp", max_seq_len=L_TRAIN, nope={"floor": 4})
     assert not torch.equal(t(x), want)
     ns.set_nope_scale(t, "none")
     assert torch.equal(t(x), want)
@@ -176,7 +177,7 @@ def test_refusals_are_one_line():
     with pytest.raises(ValueError) as e:
         ns.set_nope_scale(tiny_model("rnope-swa-ssmax"), "log")
     assert str(e.value) == ("nope_scale log: the model scales its NoPE queries by a learned Scalable-Softmax "
-                            "(nope_temperature 'ssmax'), which nope_scale cannot replace")
+                            "(nope.temperature 'ssmax'), which nope_scale cannot replace")
     with pytest.raises(ValueError, match=r"^nope_scale must be none, llama4, log or fitted, got 'cubic'$"):
         ns.set_nope_scale(tiny_model("rnope-swa"), "cubic")
     with pytest.raises(ValueError, match=r"^nope_scale log: c must be a finite number >= 0, got -1$"):
@@ -247,7 +248,7 @@ def test_fit_stores_c_and_a_reload_reuses_it(ckpt, monkeypatch):
     path = ns.save_fit(ckpt, res)
     meta = json.loads(path.read_text())
     assert meta["nope_scale"]["c"] == res["c"] and meta["nope_scale"]["train_seq_len"] == L_TRAIN
-    assert "evaluated" not in meta["nope_scale"] and meta["model"]["nope_temperature"] == "none"
+    assert "evaluated" not in meta["nope_scale"] and meta["model"]["nope"]["temperature"] == "none"
     rnope.load(ckpt)  # the checkpoint still loads and verifies (checksums cover the weights only)
 
     def no_refit(*a, **k):
@@ -255,9 +256,9 @@ def test_fit_stores_c_and_a_reload_reuses_it(ckpt, monkeypatch):
 
     monkeypatch.setattr(ns, "fit", no_refit)
     m2, _ = ns.load(ckpt, "fitted")
-    assert (m2.config.nope_temperature, m2.config.attn_temp_scale, m2.config.attn_temp_floor) == ("log", res["c"], L_TRAIN)
+    assert m2.config.nope == NopeOptions(temperature="log", scale=res["c"], floor=L_TRAIN)
     m3, _ = ns.load(ckpt)  # no mode: as saved
-    assert m3.config.nope_temperature == "none"
+    assert m3.config.nope.temperature == "none"
 
 
 def test_stored_fit_must_be_well_formed(ckpt):
@@ -270,9 +271,9 @@ def test_stored_fit_must_be_well_formed(ckpt):
 
 def test_log_uses_the_checkpoints_training_length(ckpt):
     m, _ = ns.load(ckpt, "log")
-    assert (m.config.nope_temperature, m.config.attn_temp_scale, m.config.attn_temp_floor) == ("log", 0.1, L_TRAIN)
+    assert m.config.nope == NopeOptions(temperature="log", scale=0.1, floor=L_TRAIN)
     m, _ = ns.load(ckpt, "log:0.4")
-    assert m.config.attn_temp_scale == 0.4
+    assert m.config.nope.scale == 0.4
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -290,7 +291,7 @@ def test_cli_eval_ppl_fits_stores_then_reuses(ckpt, tmp_path, capsys):
     doc = json.loads((out / "ppl.json").read_text())
     info = doc["models"]["ck"]["nope_scale"]
     assert info["mode"] == "fitted" and info["c"] == c and info["train_seq_len"] == L_TRAIN
-    assert doc["models"]["ck"]["config"]["nope_temperature"] == "log"
+    assert doc["models"]["ck"]["config"]["nope"]["temperature"] == "log"
     assert "nope-scale fitted: beta = 1 + " in err and "fitted now, stored in" in err
     out2 = tmp_path / "ppl2"
     assert main([*argv, "--out", str(out2), "--nope-scale", "fitted"]) == 0

@@ -18,23 +18,24 @@ NEW_PRESETS = [
 D = 16
 
 
-def _spec(**kw):
-    return ModelConfig.from_preset("rope", d_model=4 * D, n_head=4, n_kv_head=2, max_seq_len=512, **kw).layers[0]
+def _spec(**rope):
+    """The RoPE options of a layer of the ``rope`` preset with these ``RopeOptions`` fields."""
+    return ModelConfig.from_preset("rope", d_model=4 * D, n_head=4, n_kv_head=2, max_seq_len=512, rope=rope).layers[0].rope_options
 
 
 def test_pi_divides_frequencies():
-    inv, factor, mix = rope_tables(_spec(rope_scaling="linear", rope_factor=4.0), D)
+    inv, factor, mix = rope_tables(_spec(scaling="linear", factor=4.0), D)
     torch.testing.assert_close(inv, inv_frequencies(D, 10_000.0) / 4)
     assert factor == 1.0 and mix is None
 
 
 def test_ntk_raises_base():
-    inv, _, _ = rope_tables(_spec(rope_scaling="ntk", rope_factor=4.0), D)
+    inv, _, _ = rope_tables(_spec(scaling="ntk", factor=4.0), D)
     torch.testing.assert_close(inv, inv_frequencies(D, 10_000.0 * 4 ** (D / (D - 2))))
 
 
 def test_yarn_extremes_and_attention_factor():
-    inv, factor, _ = rope_tables(_spec(rope_scaling="yarn", rope_factor=8.0), D)
+    inv, factor, _ = rope_tables(_spec(scaling="yarn", factor=8.0), D)
     base = inv_frequencies(D, 10_000.0)
     assert math.isclose(factor, 0.1 * math.log(8) + 1)
     torch.testing.assert_close(inv[0], base[0])  # highest frequency: extrapolated (kept)
@@ -42,7 +43,7 @@ def test_yarn_extremes_and_attention_factor():
 
 
 def test_resonance_rounds_wavelengths_below_original_length():
-    inv, _, _ = rope_tables(_spec(rope_scaling="resonance"), D)
+    inv, _, _ = rope_tables(_spec(scaling="resonance"), D)
     wl = 2 * math.pi / inv
     base_wl = 2 * math.pi / inv_frequencies(D, 10_000.0)
     short = base_wl < 512
@@ -51,7 +52,7 @@ def test_resonance_rounds_wavelengths_below_original_length():
 
 
 def test_fope_clips_long_periods_and_mixes():
-    spec = _spec(rope_scaling="fope")
+    spec = _spec(scaling="fope")
     inv, _, mix = rope_tables(spec, D)
     base = inv_frequencies(D, 10_000.0)
     long = 2 * math.pi / base > 512
@@ -60,7 +61,7 @@ def test_fope_clips_long_periods_and_mixes():
 
 
 def test_partial_rope_zeroes_lowest_frequencies():
-    inv, _, _ = rope_tables(_spec(rope_fraction=0.75), D)
+    inv, _, _ = rope_tables(_spec(fraction=0.75), D)
     base = inv_frequencies(D, 10_000.0)
     assert torch.equal(inv[:6], base[:6]) and (inv[6:] == 0).all()
 
@@ -79,10 +80,10 @@ def _hf_inv_freq(rope_type, **params):
 
 def test_matches_transformers_linear_and_yarn():
     inv_hf, f_hf = _hf_inv_freq("linear", factor=4.0)
-    inv, f, _ = rope_tables(_spec(rope_scaling="linear", rope_factor=4.0), D)
+    inv, f, _ = rope_tables(_spec(scaling="linear", factor=4.0), D)
     torch.testing.assert_close(inv, inv_hf.float())
     inv_hf, f_hf = _hf_inv_freq("yarn", factor=4.0, original_max_position_embeddings=512)
-    inv, f, _ = rope_tables(_spec(rope_scaling="yarn", rope_factor=4.0), D)
+    inv, f, _ = rope_tables(_spec(scaling="yarn", factor=4.0), D)
     torch.testing.assert_close(inv, inv_hf.float())
     assert math.isclose(f, f_hf, rel_tol=1e-6)
 
@@ -96,7 +97,7 @@ def test_ntk_matches_transformers_dynamic_at_its_length():
     cfg = CohereConfig(hidden_size=4 * D, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                        rope_parameters={"rope_type": "dynamic", "rope_theta": 10_000.0, "factor": 4.0})
     inv_hf, _ = ROPE_INIT_FUNCTIONS["dynamic"](cfg, "cpu", seq_len=1024)
-    inv, _, _ = rope_tables(_spec(rope_scaling="ntk", rope_factor=5.0), D)
+    inv, _, _ = rope_tables(_spec(scaling="ntk", factor=5.0), D)
     torch.testing.assert_close(inv, inv_hf.float())
 
 
@@ -108,15 +109,15 @@ def test_llama4_temperature_formula():
 
 def test_llama4_preset_layers():
     cfg = ModelConfig.from_preset("llama4-irope")
-    assert [(s.rope, s.span, s.temperature, s.qk_l2norm) for s in cfg.layers] == [(True, "chunked", "none", True)] * 3 + [
-        (False, "full", "llama4", False)
-    ]
+    assert [(s.rope, s.span) for s in cfg.layers] == [(True, "chunked")] * 3 + [(False, "full")]
+    assert all(s.rope_options.qk_l2norm and s.nope_options is None for s in cfg.layers[:3])
+    assert cfg.layers[3].nope_options.temperature == "llama4" and cfg.layers[3].rope_options is None
 
 
 @torch.no_grad()
 def test_temperature_touches_only_nope_layers():
-    base = tiny_model("rnope-swa", attn_temp_floor=4)
-    temp = tiny_model("rnope-swa", nope_temperature="llama4", attn_temp_floor=4)
+    base = tiny_model("rnope-swa", nope={"floor": 4})
+    temp = tiny_model("rnope-swa", nope={"temperature": "llama4", "floor": 4})
     temp.load_state_dict(base.state_dict())
     x = torch.randint(0, TINY["vocab_size"], (1, 20))
     seen = {}
@@ -138,8 +139,8 @@ def test_temperature_touches_only_nope_layers():
 @pytest.mark.parametrize("prompt_len", [TINY["window"] - 1, 3 * TINY["window"] + 5])
 @torch.no_grad()
 def test_cached_decode_equals_full_forward_new_presets(preset, prompt_len):
-    extra = {"rope_original_len": 16} if preset in ("rope-fope", "rope-resonance", "rope-yarn") else {}
-    model = tiny_model(preset, attn_temp_floor=8, **extra)
+    extra = {"rope": {"original_len": 16}} if preset in ("rope-fope", "rope-resonance", "rope-yarn") else {}
+    model = tiny_model(preset, nope={"floor": 8}, **extra)
     tokens = torch.randint(0, TINY["vocab_size"], (2, prompt_len + 2 * TINY["window"] + 3))
     assert (model(tokens) - _incremental(model, tokens, prompt_len)).abs().max().item() <= 1e-4
 
@@ -166,7 +167,7 @@ def test_rope_extensions_export_to_transformers_with_parity(preset, tmp_path):
 
     from rnope.interop import export, import_hf
 
-    model = tiny_model(preset, rope_original_len=16, max_seq_len=64)
+    model = tiny_model(preset, rope={"original_len": 16}, max_seq_len=64)
     export(model, tmp_path / "hf")
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     x = torch.randint(0, TINY["vocab_size"], (1, 60))

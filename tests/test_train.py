@@ -122,6 +122,10 @@ def test_resume_config_mismatch_names_the_field(tmp_path, capsys):
     assert train(out, "--max-steps", 4, "--resume", "--model.n_kv_head", 4) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["rnope: error: cannot resume '%s': model config field 'n_kv_head' differs (checkpoint: 2, this run: 4)" % out]
+    assert train(out, "--max-steps", 4, "--resume", "--model.rope.theta", "5e5") == 2  # an option: named by its nested path
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["rnope: error: cannot resume '%s': model config field 'rope.theta' differs (checkpoint: 10000.0, "
+                   "this run: 500000.0)" % out]
 
 
 def test_killed_checkpoint_write_keeps_previous(tmp_path, small_corpus):
@@ -319,14 +323,14 @@ def test_stage_switch_raises_theta_and_length(tmp_path):
     assert rows[6]["loss"] < rows[0]["loss"] - 0.5  # the long stage starts from the trained weights
     assert rows[-1]["tokens"] == 6 * 2 * 256 + 7 * 2 * 512  # equal tokens per micro-batch
     model, _ = rnope.load(out)
-    assert model.config.rope_theta == 2e6 and model.config.max_seq_len == 512
+    assert model.config.rope.theta == 2e6 and model.config.max_seq_len == 512
     for layer in model.layers:
         spec = layer.self_attn.spec
-        assert spec.rope_theta == 2e6
         if spec.rope:
+            assert spec.rope_options.theta == 2e6
             assert torch.allclose(layer.self_attn.inv_freq, rnope.rope.inv_frequencies(model.config.head_dim, 2e6))
     step6 = json.loads((out / "checkpoints" / "step_6" / "config.json").read_text())
-    assert step6["model"]["rope_theta"] == 10_000.0 and step6["stage"] == "pretrain"
+    assert step6["model"]["rope"]["theta"] == 10_000.0 and step6["stage"] == "pretrain"
 
 
 def test_long_short_mix_is_three_to_one(tmp_path):
@@ -388,7 +392,7 @@ def test_run_config_file_and_stage_models():
     run.validate()
     base = rnope.ModelConfig.from_preset("rnope-swa")
     a, b = stage_model_configs(base, run.stages)
-    assert a == base and b.rope_theta == 2e6 and b.max_seq_len == 4096 and b.window == base.window
+    assert a == base and b.rope.theta == 2e6 and b.max_seq_len == 4096 and b.window == base.window
     assert run.total_steps == 4 and run.replace(max_steps=3).total_steps == 3
     with pytest.raises(ValueError, match="stages\\[0\\]: unknown key 'step'"):
         RunConfig.from_dict({"stages": [{"name": "a", "step": 2, "seq_len": 64}]})
@@ -415,6 +419,8 @@ BAD = [
     (["--lr", "fast"], "rnope: error: --lr: 'fast' is not a valid number"),
     (["--synthetic-ratio", "1.5"], "rnope: error: --synthetic-ratio must be a number >= 0 and <= 1, got 1.5"),
     (["--model.colour", "red"], "rnope: error: unknown model config key 'colour' (known: "),
+    (["--model.rope.factr", "4"], "rnope: error: unknown model config key 'rope.factr' (known: rope.factor, rope.fope_sigma, "
+                                  "rope.fraction, rope.original_len, rope.qk_l2norm, rope.scaling, rope.theta)"),
     (["--model.n_head", "3"], "rnope: error: n_head=3 does not divide d_model=64"),
     (["--tokenizer", "/nonexistent/tok.json"], "rnope: error: --tokenizer '/nonexistent/tok.json' does not exist"),
     (["--resume"], "rnope: error: --resume: run directory '{out}' does not exist"),
@@ -516,6 +522,30 @@ def test_tokenizer_train_learns_from_the_training_split_only(tmp_path, capsys):
     assert "--val-fraction must be in [0, 1), got 1" in capsys.readouterr().err and not (tmp_path / "d.json").exists()
 
 
+def test_train_cli_takes_nested_and_flat_model_options(tmp_path):
+    from rnope.cli import build_parser
+    from rnope.commands.train import build_plan
+    from rnope.config import RopeOptions
+
+    def plan(*extra):
+        args, rest = build_parser().parse_known_args(["train", *TINY, "--out", str(tmp_path / "o"), *extra])
+        args._extra = rest
+        return build_plan(args)
+
+    cfg = plan("--model.rope.scaling", "yarn", "--model.rope.factor", "4", "--model.nope.temperature", "log").models[0]
+    assert (cfg.rope.scaling, cfg.rope.factor, cfg.nope.temperature) == ("yarn", 4.0, "log")
+    assert cfg.layers[0].rope_options.original_len == cfg.max_seq_len and cfg.layers[3].nope_options.floor == 8192
+    flat = plan("--model.rope_scaling", "yarn", "--model.rope_factor", "4", "--model.nope_temperature", "log").models[0]
+    assert flat == cfg
+    # --config's model: and the flags merge option by option, the flags winning
+    run = tmp_path / "run.yaml"
+    run.write_text("model: {rope_scaling: yarn, rope_factor: 2.0, rope: {original_len: 64}}\n")
+    merged = plan("--config", str(run), "--model.rope.factor", "4")
+    assert merged.models[0].rope == RopeOptions(scaling="yarn", factor=4.0, original_len=64)
+    assert merged.run.model["rope"] == {"scaling": "yarn", "factor": 4.0, "original_len": 64}
+    assert not (tmp_path / "o").exists()  # planning writes nothing
+
+
 def test_stage_model_overrides_and_kinds_carry_forward():
     from rnope.config import ModelConfig
     from rnope.train.runconfig import RunConfig, stage_model_configs
@@ -523,13 +553,21 @@ def test_stage_model_overrides_and_kinds_carry_forward():
     run = RunConfig.from_dict({"stages": [
         {"name": "warm", "steps": 2, "seq_len": 64, "synthetic_kinds": ["copy"]},
         {"name": "pre", "steps": 2, "seq_len": 64},
-        {"name": "long", "steps": 2, "seq_len": 256, "model": {"rope_scaling": "yarn", "rope_factor": 4.0, "rope_original_len": 64}},
+        {"name": "long", "steps": 2, "seq_len": 256, "model": {"rope": {"scaling": "yarn", "factor": 4.0, "original_len": 64}}},
     ]})
     run.validate()
     assert run.stages[0].synthetic_kinds == ("copy",) and run.stages[1].synthetic_kinds is None
-    cfgs = stage_model_configs(ModelConfig.from_preset("rope", max_seq_len=64), run.stages)
-    assert [c.rope_scaling for c in cfgs] == ["none", "none", "yarn"]
-    assert cfgs[2].max_seq_len == 256 and cfgs[2].layers[0].rope_original_len == 64
+    base = ModelConfig.from_preset("rope", max_seq_len=64)
+    cfgs = stage_model_configs(base, run.stages)
+    assert [c.rope.scaling for c in cfgs] == ["none", "none", "yarn"]
+    assert cfgs[2].max_seq_len == 256 and cfgs[2].layers[0].rope_options.original_len == 64
+    # an old YAML's flat names give the same stage models; a stage's rope_theta wins over its model's
+    flat = RunConfig.from_dict({"stages": [
+        {"name": "warm", "steps": 2, "seq_len": 64}, {"name": "pre", "steps": 2, "seq_len": 64},
+        {"name": "long", "steps": 2, "seq_len": 256, "rope_theta": 5e5,
+         "model": {"rope_scaling": "yarn", "rope_factor": 4.0, "rope_original_len": 64, "rope": {"theta": 2e6}}},
+    ]})
+    assert stage_model_configs(base, flat.stages) == cfgs[:2] + [cfgs[2].replace(rope={"theta": 5e5})]
     bad = RunConfig.from_dict({"stages": [{"name": "a", "steps": 1, "seq_len": 8, "model": {"d_model": 8}}]})
     with pytest.raises(ValueError, match=r"^stages\[0\] \('a'\): model: 'd_model' changes the weights' shapes or layout and cannot change between stages$"):
         bad.validate()

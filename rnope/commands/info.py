@@ -14,6 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", help="preset name (see rnope.PRESETS)")
     g.add_argument("--ckpt", help="checkpoint, run or Hugging Face directory")
     p.add_argument("--length", type=int, default=None, help="cached tokens for the KV size (default: max_seq_len)")
+    from ..cli import MODEL_OVERRIDES_HELP
+
+    p.epilog = MODEL_OVERRIDES_HELP
     p.set_defaults(_accepts_extra=True)
 
 

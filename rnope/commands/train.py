@@ -75,6 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from this checkpoint's weights and model config (a checkpoint, run or Hugging Face "
                         "directory, e.g. from `rnope convert`): step 0, a fresh optimizer; --model.FIELD overrides "
                         "apply where the shapes stay; its tokenizer.json is used unless --tokenizer is given")
+    from ..cli import MODEL_OVERRIDES_HELP
+
+    p.epilog = MODEL_OVERRIDES_HELP
     p.set_defaults(_accepts_extra=True)
 
 
@@ -87,11 +90,17 @@ def _typed(flag: str, raw: str, kind):
         raise ValueError(f"{flag}: {raw!r} is not a valid {'integer' if kind is int else 'number'}") from None
 
 
-def _first_difference(a, b) -> str | None:
+def _first_difference(a, b) -> tuple[str, object, object] | None:
+    """(field, a's value, b's value) of the first field two model configs differ in; options as 'rope.theta'."""
     da, db = a.to_dict(), b.to_dict()
     for k in da:
-        if da[k] != db.get(k):
-            return k
+        x, y = da[k], db.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            for name in x:
+                if x[name] != y.get(name):
+                    return f"{k}.{name}", x[name], y.get(name)
+        elif x != y:
+            return k, x, y
     return None
 
 
@@ -121,7 +130,7 @@ def build_plan(args):
     """Validate everything and return a :class:`rnope.train.Plan`; writes nothing."""
     from ..checkpoint import read_config
     from ..cli import model_overrides
-    from ..config import ModelConfig
+    from ..config import ModelConfig, merge_overrides
     from ..outputs import check_out_dir
     from ..tokenizer import Tokenizer
     from ..train import Plan, RunConfig, load_run_file, stage_model_configs
@@ -173,7 +182,10 @@ def build_plan(args):
     if "seq_len" in cli and (file.get("stages") or base.get("stages")):
         raise ValueError("--seq-len cannot be combined with stages in the run config; set seq_len per stage")
     merged = {**base, **file, **cli}
-    merged["model"] = {**(base.get("model") or {}), **(file.get("model") or {}), **cli_model}
+    if file.get("model") is not None and not isinstance(file["model"], dict):
+        raise ValueError(f"{where}model must be a mapping of model config overrides, got {type(file['model']).__name__}")
+    # nested ({rope: {factor: 4}}) and flat (rope_factor: 4) option names merge option by option, later layers winning
+    merged["model"] = merge_overrides(*(m for m in (base.get("model"), file.get("model")) if m), cli_model)
     run = RunConfig.from_dict(merged, where)
     try:
         run.validate()
@@ -227,7 +239,7 @@ def build_plan(args):
     elif vocab is not None and vocab < tok.vocab_size:
         raise ValueError(f"vocab_size {vocab} is smaller than the tokenizer's {tok.vocab_size} tokens")
     if run.init is not None:  # the checkpoint's config (first run), or the whole config the run recorded (resume)
-        model = ModelConfig.from_dict({**(init.config.to_dict() if init is not None else {}), **overrides})
+        model = init.config.replace(**overrides) if init is not None else ModelConfig.from_dict(overrides)
     else:
         model = ModelConfig.from_preset(run.preset, **overrides)
     stages = run.resolved_stages()
@@ -260,10 +272,11 @@ def build_plan(args):
             raise ValueError(f"cannot resume '{out}': its checkpoint is in stage {saved.get('stage_name')!r}, "
                              f"which this run config does not have at position {i}")
         want = models[i]
-        field = _first_difference(got, want)
-        if field is not None:
+        diff = _first_difference(got, want)
+        if diff is not None:
+            field, a, b = diff
             raise ValueError(f"cannot resume '{out}': model config field '{field}' differs "
-                             f"(checkpoint: {getattr(got, field)!r}, this run: {getattr(want, field)!r})")
+                             f"(checkpoint: {a!r}, this run: {b!r})")
     cache = Path(run.cache_dir or os.environ.get("RNOPE_CACHE") or out / "data")
     notes = [f"rnope: {d.name} does not verify ({why}); resuming from {resume_from.name} instead" for d, why in rejected]
     notes += _cut_stages_note(stages, run.total_steps) + init_notes

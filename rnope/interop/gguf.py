@@ -126,9 +126,9 @@ def gguf_layout(config: ModelConfig) -> tuple[list[bool], int, list[bool] | int]
         types, window = ["sliding_attention"] * config.n_layer, config.max_seq_len
     assert types is not None and window is not None
     for i, s in enumerate(layers):
-        if s.rope and s.rope_scaling != "none":
+        if s.rope and s.rope_options.scaling != "none":
             raise ValueError(
-                f"{PREFIX}layer {i} uses RoPE scaling {s.rope_scaling!r}; the GGUF export writes unscaled RoPE only"
+                f"{PREFIX}layer {i} uses RoPE scaling {s.rope_options.scaling!r}; the GGUF export writes unscaled RoPE only"
             )
     if not config.tie_embeddings:
         raise ValueError(
@@ -339,7 +339,7 @@ def export_gguf(
             w.add_key_value(f"{a}.attention.sliding_window_pattern", pattern, V.ARRAY, sub_type=V.BOOL)
         else:
             w.add_uint32(f"{a}.attention.sliding_window_pattern", pattern)
-        w.add_float32(f"{a}.rope.freq_base", float(config.rope_theta))
+        w.add_float32(f"{a}.rope.freq_base", float(config.rope.theta))
         w.add_uint32(f"{a}.rope.dimension_count", config.head_dim)
         w.add_string(f"{a}.rope.scaling.type", "none")
         w.add_float32(f"{a}.logit_scale", float(config.logit_scale))

@@ -31,7 +31,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..config import LayerSpec, ModelConfig
+from ..config import LayerSpec, ModelConfig, NopeOptions, RopeOptions
 
 # cohere / cohere2 here; the Llama family (imported only, exported as smollm3) in .llama
 SUPPORTED = ("cohere", "cohere2", "llama", "mistral", "qwen2", "qwen3", "smollm3")
@@ -45,20 +45,19 @@ _PREFIX = "cannot export to Hugging Face: "
 
 # ---------------------------------------------------------------------------------------------
 # export
-# ModelConfig / LayerSpec fields the export maps or checks; any other field must keep its default
-# (so a feature added to the core later is refused until this module learns to express it).
+# ModelConfig / LayerSpec fields (and RoPE / NoPE options) the export maps or checks; any other must keep its
+# default (so a feature added to the core later is refused until this module learns to express it).
 _MAPPED_CONFIG = {
     "vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "d_ff", "max_seq_len", "pattern", "window",
-    "chunk_size", "rope_theta", "logit_scale", "norm_eps", "tie_embeddings", "init_std",
-    # checked below, directly or through the expanded LayerSpecs
-    "block", "norm", "rope_layout", "rope_scaling", "rope_factor", "rope_original_len", "rope_fope_sigma",
-    "rope_fraction", "rope_qk_l2norm", "nope_temperature", "attn_temp_scale", "attn_temp_floor",
+    "chunk_size", "logit_scale", "norm_eps", "tie_embeddings", "init_std",
+    # checked below, directly or through the expanded LayerSpecs (the option groups option by option)
+    "block", "norm", "rope_layout", "rope", "nope",
 }
-_MAPPED_SPEC = {
-    "rope", "span", "window", "chunk", "qk_norm", "rope_theta", "rope_scaling", "rope_factor",
-    "rope_original_len", "rope_fope_sigma", "rope_fraction", "qk_l2norm", "temperature", "attn_temp_scale",
-    "attn_temp_floor",
+_MAPPED_OPTIONS = {
+    "rope": {"theta", "scaling", "factor", "original_len", "fope_sigma", "fraction", "qk_l2norm"},
+    "nope": {"temperature", "scale", "floor"},
 }
+_MAPPED_SPEC = {"rope", "span", "window", "chunk", "qk_norm", "rope_options", "nope_options"}
 _MODEL_FEATURES = {  # field: (the value cohere/cohere2 have, what they do instead)
     "block": ("parallel", "the parallel block x + attn(ln(x)) + mlp(ln(x))"),
     "norm": ("layernorm", "LayerNorm"),
@@ -68,6 +67,16 @@ _MODEL_FEATURES = {  # field: (the value cohere/cohere2 have, what they do inste
 
 def _defaults(cls) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.init and f.default is not dataclasses.MISSING}
+
+
+def _unmapped_options(config: ModelConfig) -> tuple[str, Any] | None:
+    """(``group.option``, value) of the first RoPE / NoPE option the export does not map that is not at its default."""
+    for group, cls in (("rope", RopeOptions), ("nope", NopeOptions)):
+        opts = getattr(config, group)
+        for name, default in _defaults(cls).items():
+            if name not in _MAPPED_OPTIONS[group] and getattr(opts, name) != default:
+                return f"{group}.{name}", getattr(opts, name)
+    return None
 
 
 def _check_features(config: ModelConfig) -> None:
@@ -80,6 +89,9 @@ def _check_features(config: ModelConfig) -> None:
     for name, default in _defaults(ModelConfig).items():
         if name not in _MAPPED_CONFIG and getattr(config, name) != default:
             raise ValueError(f"{_PREFIX}config field {name}={getattr(config, name)!r} has no cohere/cohere2 equivalent")
+    unmapped = _unmapped_options(config)
+    if unmapped is not None:
+        raise ValueError(f"{_PREFIX}config field {unmapped[0]}={unmapped[1]!r} has no cohere/cohere2 equivalent")
     spec_defaults = _defaults(LayerSpec)
     for i, s in enumerate(layers):
         for name, default in spec_defaults.items():
@@ -93,18 +105,18 @@ def _check_features(config: ModelConfig) -> None:
                 "(cohere2 applies RoPE to every sliding layer and to no other)"
             )
         if s.rope:
-            scaling = getattr(s, "rope_scaling", "none")
-            if scaling not in HF_SCALINGS:
+            opts = s.rope_options
+            if opts.scaling not in HF_SCALINGS:
                 raise ValueError(
-                    f"{_PREFIX}layer {i} uses RoPE scaling {scaling!r}, which transformers' rope_parameters cannot "
+                    f"{_PREFIX}layer {i} uses RoPE scaling {opts.scaling!r}, which transformers' rope_parameters cannot "
                     f"express (exportable: {', '.join(HF_SCALINGS)})"
                 )
-            if getattr(s, "rope_fraction", 1.0) != 1.0:
-                raise ValueError(f"{_PREFIX}layer {i} uses partial RoPE (rope_fraction={s.rope_fraction}), which cohere/cohere2 cannot express")
-            if getattr(s, "qk_l2norm", False):
+            if opts.fraction != 1.0:
+                raise ValueError(f"{_PREFIX}layer {i} uses partial RoPE (rope_fraction={opts.fraction}), which cohere/cohere2 cannot express")
+            if opts.qk_l2norm:
                 raise ValueError(f"{_PREFIX}layer {i} uses a weightless L2 QK-norm (Llama 4), which cohere/cohere2 cannot express")
-        elif getattr(s, "temperature", "none") != "none":
-            raise ValueError(f"{_PREFIX}layer {i} scales NoPE queries by temperature {s.temperature!r}, which cohere/cohere2 cannot express")
+        elif s.nope_options.temperature != "none":
+            raise ValueError(f"{_PREFIX}layer {i} scales NoPE queries by temperature {s.nope_options.temperature!r}, which cohere/cohere2 cannot express")
 
 
 # RoPE extensions transformers implements with the same formula as rnope.rope (tested for parity)
@@ -113,14 +125,15 @@ HF_SCALINGS = ("none", "linear", "yarn")
 
 def hf_rope_parameters(config: ModelConfig) -> dict[str, Any]:
     """transformers' ``rope_parameters`` for the model's (one) RoPE setting."""
-    theta = float(config.rope_theta)
+    theta = float(config.rope.theta)
     spec = next((s for s in config.layers if s.rope), None)
-    kind = "none" if spec is None else spec.rope_scaling
+    opts = None if spec is None else spec.rope_options
+    kind = "none" if opts is None else opts.scaling
     if kind == "linear":
-        return {"rope_type": "linear", "rope_theta": theta, "factor": float(spec.rope_factor)}
+        return {"rope_type": "linear", "rope_theta": theta, "factor": float(opts.factor)}
     if kind == "yarn":
-        f = float(spec.rope_factor)
-        return {"rope_type": "yarn", "rope_theta": theta, "factor": f, "original_max_position_embeddings": spec.rope_original_len,
+        f = float(opts.factor)
+        return {"rope_type": "yarn", "rope_theta": theta, "factor": f, "original_max_position_embeddings": opts.original_len,
                 "attention_factor": 0.1 * math.log(f) + 1.0 if f > 1 else 1.0, "beta_fast": 32.0, "beta_slow": 1.0}
     return {"rope_type": "default", "rope_theta": theta}
 
@@ -129,7 +142,7 @@ def hf_layout(config: ModelConfig) -> tuple[str, list[str] | None, int | None]:
     """``(model_type, layer_types, sliding_window)`` for ``config``; ``ValueError`` if HF cannot express it."""
     _check_features(config)
     layers = config.layers
-    thetas = [(i, s.rope_theta) for i, s in enumerate(layers) if s.rope]
+    thetas = [(i, s.rope_options.theta) for i, s in enumerate(layers) if s.rope]
     for i, t in thetas:
         if t != thetas[0][1]:
             raise ValueError(
@@ -185,7 +198,7 @@ def to_hf_config(
 
         return smollm3_config(config, dtype=dtype, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id, rnope_version=rnope_version)
     model_type, types, window = hf_layout(config)
-    theta = float(config.rope_theta)
+    theta = float(config.rope.theta)
     out: dict[str, Any] = {
         "architectures": ["CohereForCausalLM" if model_type == "cohere" else "Cohere2ForCausalLM"],
         "model_type": model_type,
@@ -247,11 +260,11 @@ def _int(meta: dict, key: str, cfile: Path, default: Any = None) -> int:
 
 
 def _rope_scaling(rp: dict, rtype: str, cfile: Path, key: str, max_pos: int) -> dict[str, Any]:
-    """rnope's scaling fields for an HF linear / yarn ``rope_parameters`` (refusing variants it lacks)."""
+    """rnope's RoPE options (``RopeOptions`` fields) for an HF linear / yarn ``rope_parameters`` (refusing variants it lacks)."""
     factor = rp.get("factor")
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
         raise HFConfigError(f"{cfile}: '{key}' {rtype} factor must be a number >= 1, got {factor!r}")
-    out: dict[str, Any] = {"rope_scaling": rtype, "rope_factor": float(factor)}
+    out: dict[str, Any] = {"scaling": rtype, "factor": float(factor)}
     if rtype == "yarn":
         orig = rp.get("original_max_position_embeddings", max_pos)
         expect = {"beta_fast": 32, "beta_slow": 1, "attention_factor": 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0,
@@ -263,7 +276,7 @@ def _rope_scaling(rp: dict, rtype: str, cfile: Path, key: str, max_pos: int) -> 
         for k in ("mscale", "mscale_all_dim"):
             if rp.get(k) not in (None, 0, 1, 1.0):
                 raise HFConfigError(f"{cfile}: '{key}' yarn {k}={rp[k]!r} is not supported")
-        out["rope_original_len"] = int(orig)
+        out["original_len"] = int(orig)
     return out
 
 
@@ -341,13 +354,13 @@ def normalize(meta: dict, cfile: Path) -> dict[str, Any]:
         "logit_scale": _num(meta, "logit_scale", cfile, 0.0625),
         "norm_eps": _num(meta, "layer_norm_eps", cfile, 1e-5),
         "tie_embeddings": bool(meta.get("tie_word_embeddings", True)),
-        "rope_theta": _rope_theta(meta, mt, cfile),
+        "rope": {"theta": _rope_theta(meta, mt, cfile)},  # RopeOptions fields
     }
     key = "rope_scaling" if meta.get("rope_scaling") else "rope_parameters"
     rp = meta.get(key) or {}
     rtype = rp.get("rope_type", rp.get("type", "default"))
     if rtype in ("linear", "yarn"):
-        out.update(_rope_scaling(rp, rtype, cfile, key, max_pos))
+        out["rope"].update(_rope_scaling(rp, rtype, cfile, key, max_pos))
     if mt == "cohere":
         out["letters"] = ("Q" if meta.get("use_qk_norm") else "R") * n_layer
         out["window"] = None
@@ -413,7 +426,7 @@ def from_hf_config(meta: dict, cfile: Path) -> ModelConfig:
                 return cand
         except (TypeError, ValueError):
             pass  # a stale or foreign hint: the HF keys decide
-    kw: dict[str, Any] = {k: norm[k] for k in ("vocab_size", "d_model", "d_ff", "n_layer", "n_head", "n_kv_head", "max_seq_len", "logit_scale", "norm_eps", "tie_embeddings", "rope_theta", "rope_scaling", "rope_factor", "rope_original_len", "block", "norm", "rope_layout", "qkv_bias") if k in norm}
+    kw: dict[str, Any] = {k: norm[k] for k in ("vocab_size", "d_model", "d_ff", "n_layer", "n_head", "n_kv_head", "max_seq_len", "logit_scale", "norm_eps", "tie_embeddings", "rope", "block", "norm", "rope_layout", "qkv_bias") if k in norm}
     kw["pattern"] = _period(norm["letters"])
     window = norm["window"] or norm.get("_window_hint")
     if window is not None:

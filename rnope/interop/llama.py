@@ -48,6 +48,7 @@ from .hf_config import (
     _num,
     _rope_scaling,
     _rope_theta,
+    _unmapped_options,
     hf_rope_parameters,
 )
 
@@ -191,7 +192,7 @@ def normalize(meta: dict, cfile: Path) -> dict[str, Any]:
         "logit_scale": 1.0,
         "norm_eps": _num(meta, "rms_norm_eps", cfile, 1e-6),
         "tie_embeddings": tie,
-        "rope_theta": _rope_theta(meta, mt, cfile),
+        "rope": {"theta": _rope_theta(meta, mt, cfile)},  # RopeOptions fields
         "block": "sequential",
         "norm": "rmsnorm",
         "rope_layout": "half",
@@ -201,7 +202,7 @@ def normalize(meta: dict, cfile: Path) -> dict[str, Any]:
     rp = meta.get(key) or {}
     rtype = rp.get("rope_type", rp.get("type", "default"))
     if rtype in ("linear", "yarn"):
-        out.update(_rope_scaling(rp, rtype, cfile, key, max_pos))
+        out["rope"].update(_rope_scaling(rp, rtype, cfile, key, max_pos))
     rope, sliding, window = _layers(meta, mt, n, cfile)
     covers = window is not None and window >= max_pos  # a window over every position masks nothing
     letters = []
@@ -248,6 +249,9 @@ def check_smollm3(config: ModelConfig) -> None:
     for name, default in _defaults(ModelConfig).items():
         if name not in mapped and getattr(config, name) != default:
             raise ValueError(f"{SMOLLM3}config field {name}={getattr(config, name)!r} has no smollm3 equivalent")
+    unmapped = _unmapped_options(config)
+    if unmapped is not None:
+        raise ValueError(f"{SMOLLM3}config field {unmapped[0]}={unmapped[1]!r} has no smollm3 equivalent")
     spec_defaults = _defaults(LayerSpec)
     theta = None
     for i, s in enumerate(layers):
@@ -259,22 +263,23 @@ def check_smollm3(config: ModelConfig) -> None:
         if s.qk_norm:
             raise ValueError(f"{SMOLLM3}layer {i} uses QK-norm (Q), which smollm3 cannot express")
         if s.rope:
-            if s.rope_scaling not in HF_SCALINGS:
+            opts = s.rope_options
+            if opts.scaling not in HF_SCALINGS:
                 raise ValueError(
-                    f"{SMOLLM3}layer {i} uses RoPE scaling {s.rope_scaling!r}, which transformers' rope_parameters cannot "
+                    f"{SMOLLM3}layer {i} uses RoPE scaling {opts.scaling!r}, which transformers' rope_parameters cannot "
                     f"express (exportable: {', '.join(HF_SCALINGS)})"
                 )
-            if s.rope_fraction != 1.0:
-                raise ValueError(f"{SMOLLM3}layer {i} uses partial RoPE (rope_fraction={s.rope_fraction}), which smollm3 cannot express")
-            if s.qk_l2norm:
+            if opts.fraction != 1.0:
+                raise ValueError(f"{SMOLLM3}layer {i} uses partial RoPE (rope_fraction={opts.fraction}), which smollm3 cannot express")
+            if opts.qk_l2norm:
                 raise ValueError(f"{SMOLLM3}layer {i} uses a weightless L2 QK-norm (Llama 4), which smollm3 cannot express")
-            if theta is not None and s.rope_theta != theta[1]:
+            if theta is not None and opts.theta != theta[1]:
                 raise ValueError(
-                    f"{SMOLLM3}layers {theta[0]} and {i} use different RoPE thetas ({theta[1]:g}, {s.rope_theta:g}); smollm3 has one theta"
+                    f"{SMOLLM3}layers {theta[0]} and {i} use different RoPE thetas ({theta[1]:g}, {opts.theta:g}); smollm3 has one theta"
                 )
-            theta = theta or (i, s.rope_theta)
-        elif s.temperature != "none":
-            raise ValueError(f"{SMOLLM3}layer {i} scales NoPE queries by temperature {s.temperature!r}, which smollm3 cannot express")
+            theta = theta or (i, opts.theta)
+        elif s.nope_options.temperature != "none":
+            raise ValueError(f"{SMOLLM3}layer {i} scales NoPE queries by temperature {s.nope_options.temperature!r}, which smollm3 cannot express")
 
 
 def smollm3_config(
@@ -311,7 +316,7 @@ def smollm3_config(
         "use_cache": True,
         # transformers 5 reads rope_parameters; older readers read rope_theta
         "rope_parameters": hf_rope_parameters(config),
-        "rope_theta": float(config.rope_theta),
+        "rope_theta": float(config.rope.theta),
         # 1 = RoPE, 0 = NoPE, per layer; sliding layers are the sliding_attention entries of layer_types,
         # which smollm3 applies only with use_sliding_window
         "no_rope_layers": [int(s.rope) for s in layers],

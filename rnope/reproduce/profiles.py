@@ -102,14 +102,14 @@ MIX_KINDS = ("lookup_near", "lookup_far", "lookup", "lookup_long", "lookup_long"
 #: RULER's formats with training wordings (rnope.tasks: split "train"), added where they fit
 RULER_TRAIN_KINDS = ("vt", "cwe", "fwe")
 
-ROPE_LONG = {"rope_theta": 2_000_000.0}  # the paper's RoPE baselines: theta 10k -> 2M for the long stage
+ROPE_LONG = {"rope": {"theta": 2_000_000.0}}  # the paper's RoPE baselines: theta 10k -> 2M for the long stage
 
 PAPER_MODELS = (
     ModelSpec("rope", "rope", long_model=ROPE_LONG),
     ModelSpec("nope", "nope"),
     ModelSpec("qknorm", "qknorm", long_model=ROPE_LONG),
     ModelSpec("rnope", "rnope"),
-    ModelSpec("rnope@theta=1000000", "rnope", model={"rope_theta": 1_000_000.0}),
+    ModelSpec("rnope@theta=1000000", "rnope", model={"rope": {"theta": 1_000_000.0}}),
     ModelSpec("rnope-swa", "rnope-swa"),
     ModelSpec("swa", "swa"),
 )
@@ -118,7 +118,7 @@ CORE_MODELS = tuple(m for m in PAPER_MODELS if m.name in ("rope", "nope", "rnope
 
 RELATIVES = (
     ModelSpec("rope-abf", "rope-abf"),
-    ModelSpec("rope-yarn", "rope", long_model={"rope_scaling": "yarn", "rope_factor": 4.0}),
+    ModelSpec("rope-yarn", "rope", long_model={"rope": {"scaling": "yarn", "factor": 4.0}}),
     ModelSpec("llama4-irope", "llama4-irope"),
     ModelSpec("rnope-swa-temp", "rnope-swa-temp"),
 )

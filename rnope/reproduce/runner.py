@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import yaml
 
+from ..config import merge_overrides
 from ..outputs import atomic_write_text, safe_name
 from .profiles import ModelSpec, Profile
 
@@ -137,9 +138,10 @@ class Study:
         model = dict(n_layer=p.n_layer, d_model=p.d_model, n_head=p.n_head, n_kv_head=p.n_kv_head, d_ff=p.d_ff,
                      window=p.window, chunk_size=p.window, vocab_size=p.vocab_size, max_seq_len=p.seq_len,
                      init_std=p.init_std, **spec.model)
-        long_model = dict(spec.long_model)
-        if long_model.get("rope_scaling", "none") != "none":
-            long_model.setdefault("rope_original_len", p.seq_len)
+        long_model = merge_overrides(spec.long_model)  # a copy, options nested
+        rope = long_model.get("rope", {})
+        if rope.get("scaling", "none") != "none":  # a RoPE extension from the pretraining length
+            long_model["rope"] = {**rope, "original_len": rope.get("original_len", p.seq_len)}
         stages = [
             {"name": "near", "steps": p.near_steps, "seq_len": p.near_seq_len, "synthetic_ratio": 1.0,
              "synthetic_kinds": ["lookup_near"]},

@@ -420,7 +420,7 @@ def _init_state(path: Path, cfg: ModelConfig) -> dict:
 
 def _describe(stage: Stage, cfg: ModelConfig) -> str:
     mix = f" (mixed with {stage.short_seq_len}, long_ratio {stage.long_ratio:g})" if stage.mixed else ""
-    return f"stage {stage.name!r}: seq_len {stage.seq_len}{mix}, rope_theta {cfg.rope_theta:g}, max_seq_len {cfg.max_seq_len}"
+    return f"stage {stage.name!r}: seq_len {stage.seq_len}{mix}, rope_theta {cfg.rope.theta:g}, max_seq_len {cfg.max_seq_len}"
 
 
 def _write_run_json(plan: Plan, d: dist_.Dist, meta: dict, start: int) -> None:

@@ -1,7 +1,8 @@
 """Run configuration: what to train, on what, for how long — and the stages of a run.
 
 A run config is a YAML (or JSON) mapping read with ``yaml.safe_load``; every key is a field of
-:class:`RunConfig`, ``model:`` holds :class:`~rnope.config.ModelConfig` overrides and ``stages:`` a
+:class:`RunConfig`, ``model:`` holds :class:`~rnope.config.ModelConfig` overrides (RoPE / NoPE options
+nested, ``model: {rope: {scaling: yarn, factor: 4}}``, or by their older flat names) and ``stages:`` a
 list of :class:`Stage` mappings. Precedence: defaults < the resumed run's ``run.json`` < ``--config``
 file < command-line flags. Example (``configs/pretrain_long.yaml``)::
 
@@ -304,14 +305,17 @@ def load_run_file(path: str | Path) -> dict[str, Any]:
 
 def stage_model_configs(base, stages) -> list:
     """The ModelConfig of each stage: ``rope_theta`` and ``model`` overrides carry forward; a later stage longer than
-    ``max_seq_len`` raises it to its ``seq_len`` (the first stage must fit the model as configured)."""
+    ``max_seq_len`` raises it to its ``seq_len`` (the first stage must fit the model as configured). ``model``
+    names options nested (``rope: {scaling: yarn}``) or by their flat names (``rope_scaling: yarn``); a stage's
+    ``rope_theta`` wins over its ``model``'s."""
+    from ..config import merge_overrides
+
     cfgs, cur = [], base
     for i, st in enumerate(stages):
-        over: dict[str, Any] = {}
-        if st.model:
-            over.update(st.model)
-        if st.rope_theta is not None and float(st.rope_theta) != cur.rope_theta:
-            over["rope_theta"] = float(st.rope_theta)
+        layers: list[dict[str, Any]] = [st.model] if st.model else []
+        if st.rope_theta is not None and float(st.rope_theta) != cur.rope.theta:
+            layers.append({"rope": {"theta": float(st.rope_theta)}})
+        over = merge_overrides(*layers)
         if st.seq_len > cur.max_seq_len:
             if i == 0:
                 raise ValueError(
