@@ -40,7 +40,8 @@ from .cache import HybridCache, LayerCache
 from .kernels import matvec_linear
 from .model import Context, Transformer
 
-__all__ = ["DECODE_WEIGHTS_MAX_BYTES", "Decoder", "FusedLinear", "compile_available", "decode_step", "fuse"]
+__all__ = ["AUTO_COMPILE_TOKENS", "DECODE_WEIGHTS_MAX_BYTES", "Decoder", "FusedLinear", "cache_length", "compile_available",
+           "decode_step", "fuse", "should_compile"]
 
 
 class FusedLinear(nn.Module):
@@ -160,6 +161,59 @@ def compile_available() -> bool:
     if torch.cuda.is_available():
         return True
     return any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+# --------------------------------------------------------------------------------- when to compile
+#: ``compile=None`` (auto) compiles a decode step once this many tokens were (or are about to be)
+#: decoded with its shape in this process: the compile must repay itself. Measured for the 7M
+#: bench shape on 2 CPU threads (benchmarks/RESULTS.md): a cold compile takes 10-19 s (4 s with
+#: inductor's on-disk cache warm from an earlier process) and saves ~3 ms per token (eager ~250
+#: tok/s, compiled ~950 tok/s after a 2k prompt), so it repays after ~1,300-6,000 tokens.
+AUTO_COMPILE_TOKENS = 4096
+#: at most this many step shapes are compiled automatically per process (each distinct shape is one
+#: graph; torch's recompile limit for one function is 8, past which it silently runs eagerly)
+AUTO_COMPILE_MAX_SHAPES = 6
+
+_decoded: dict[tuple, int] = {}  # step shape -> tokens decoded eagerly in this process
+_warm: set[tuple] = set()  # step shapes with a compiled step in this process
+
+
+def _shape_key(model: Transformer, batch: int, length: int, device: torch.device) -> tuple:
+    return (model.config, model.embed_tokens.weight.dtype, device.type, batch, length)
+
+
+def cache_length(n: int) -> int:
+    """The cache length a compiled step is built for: ``n`` rounded up to a quarter octave (at most
+    4 lengths per doubling: 2176 -> 2560, 300 -> 320), so calls with other prompt lengths reuse
+    the same graph. Global layers attend the extra slots masked; sliding layers are unaffected."""
+    step = max(64, 1 << max(0, n.bit_length() - 3))
+    return -(-n // step) * step
+
+
+def should_compile(model: Transformer, batch: int, length: int, new_tokens: int) -> bool:
+    """The automatic choice (``generate(compile=None)``): compile the decode step for ``batch`` rows
+    and a cache of ``length`` tokens when a compiled step of that shape is already warm in this
+    process, or when the tokens decoded with it (this call's ``new_tokens`` included) reach
+    :data:`AUTO_COMPILE_TOKENS`. Only where compiling pays: one row on CPU (the fused matvec step)
+    or any batch on CUDA, with a C++ compiler (:func:`compile_available`)."""
+    device = model.embed_tokens.weight.device
+    key = _shape_key(model, batch, length, device)
+    if key in _warm:
+        return True
+    if not (device.type == "cuda" or (device.type == "cpu" and batch == 1)) or not compile_available():
+        return False
+    if len(_warm) >= AUTO_COMPILE_MAX_SHAPES:
+        return False
+    return _decoded.get(key, 0) + new_tokens >= AUTO_COMPILE_TOKENS
+
+
+def record_decoded(model: Transformer, batch: int, length: int, tokens: int, compiled: bool) -> None:
+    """Account ``tokens`` decoded with a step of this shape (for :func:`should_compile`)."""
+    key = _shape_key(model, batch, length, model.embed_tokens.weight.device)
+    if compiled:
+        _warm.add(key)
+    else:
+        _decoded[key] = _decoded.get(key, 0) + tokens
 
 
 class Decoder:

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .decode import Decoder
+from .decode import Decoder, cache_length, record_decoded, should_compile
 from .model import Transformer
 
 __all__ = ["ATTN_BUDGET", "LOGIT_BUDGET", "Decoder", "auto_chunk", "check_cache_fits", "check_sampling",
@@ -201,7 +201,7 @@ def generate(
     *,
     pad_id: int = 0,
     callback: TokenCallback | None = None,
-    compile: bool = False,
+    compile: bool | None = None,
     chunk_size: int | None = None,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` per prompt; returns the new ids per prompt.
@@ -210,8 +210,13 @@ def generate(
     tokens)`` is called after each step with the new token of every row (None for finished rows).
     Prompts are left-padded with ``pad_id`` into one batch and prefilled in chunks of ``chunk_size``
     tokens (default: :func:`auto_chunk`). Decode runs :class:`rnope.decode.Decoder` over fixed-size
-    cache buffers; ``compile=True`` compiles its step with ``torch.compile`` (worth it for long
-    generations: the first call compiles; it falls back to eager where compiling is not possible).
+    cache buffers. ``compile``: None (default) picks the faster path by itself
+    (:func:`rnope.decode.should_compile`): eager until the step of this shape has decoded enough
+    tokens in this process to repay a compile (one long generation, or many short ones), compiled
+    from then on, the graph cached for the rest of the process; ``True`` compiles now (the first
+    call pays the compile); ``False`` never compiles. A compiled step's cache is sized to
+    :func:`rnope.decode.cache_length` so other prompt lengths reuse its graph. Compiling falls back
+    to eager where it is not possible; greedy tokens are the same either way.
 
     Arguments are checked, never clipped or read as something else (:func:`check_sampling`):
     ``max_new_tokens`` >= 1, ``temperature`` >= 0 (0 = greedy; a negative one is an error, not
@@ -242,12 +247,17 @@ def generate(
     stops = set(stop_ids or ())
     B = len(prompts)
     total = max(len(p) for p in prompts) + max_new_tokens
-    check_cache_fits(model, B, total)
-    cache = model.new_cache(B, total)
+    bucket = cache_length(total)  # the step's shape class: a compiled step's cache length
+    if compile is None:
+        compile = should_compile(model, B, bucket, max_new_tokens)
+    length = bucket if compile else total
+    check_cache_fits(model, B, length)
+    cache = model.new_cache(B, length)
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
     logits = prefill(model, prompts, cache, pad_id, chunk_size)
-    decode = Decoder(model, cache, compile=compile)
+    decode = Decoder(model, cache, compile=bool(compile))
+    steps = 0
     for step in range(max_new_tokens):
         nxt = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         ids = nxt.tolist()
@@ -265,6 +275,9 @@ def generate(
         if all(done) or step == max_new_tokens - 1:
             break
         logits = decode(nxt)
+        steps += 1
+    if steps:
+        record_decoded(model, B, bucket, steps, decode.compiled)
     return out
 
 

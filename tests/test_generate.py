@@ -63,7 +63,7 @@ def test_generate_bad_input(prompts, message):
 def test_cli_generate_passes_device_dtype_and_compile(tmp_path, monkeypatch, capsys):
     """``rnope generate --compile --dtype bfloat16`` loads the model in that dtype on the picked
     device and asks generate() for a compiled decode step (whose equality with the eager step is
-    tested in test_fast_paths); without the flags: fp32, eager."""
+    tested in test_fast_paths); without the flags: fp32 and the automatic choice; --compile off: eager."""
     import importlib
 
     import rnope
@@ -83,7 +83,8 @@ def test_cli_generate_passes_device_dtype_and_compile(tmp_path, monkeypatch, cap
     assert main(["generate", "--ckpt", str(tmp_path / "ck"), "--prompt", "hi", "--max-new-tokens", "3"]) == 0
     assert main(["generate", "--ckpt", str(tmp_path / "ck"), "--prompt", "hi", "--max-new-tokens", "3",
                  "--compile", "--dtype", "bfloat16", "--device", "cpu"]) == 0
-    assert seen == [(torch.float32, "cpu", False), (torch.bfloat16, "cpu", True)]
+    assert main(["generate", "--ckpt", str(tmp_path / "ck"), "--prompt", "hi", "--max-new-tokens", "3", "--compile", "off"]) == 0
+    assert seen == [(torch.float32, "cpu", None), (torch.bfloat16, "cpu", True), (torch.float32, "cpu", False)]
 
 
 @pytest.mark.parametrize(
@@ -152,3 +153,46 @@ def test_max_new_tokens_beyond_what_a_cache_can_hold_is_refused_before_allocatin
                                          rf"needs {need / 2**30:.1f} GiB, more than the 1.0 GiB free on cpu$"):
         g.generate(model, [[1, 2, 3, 4], [5, 6]], max_new_tokens=10**9)
     assert len(g.generate(model, [[1, 2, 3, 4]], max_new_tokens=2)[0]) == 2  # a cache that fits is unaffected
+
+
+def test_cache_length_rounds_up_to_a_quarter_octave():
+    from rnope.decode import cache_length
+
+    assert [cache_length(n) for n in (1, 64, 65, 300, 2048, 2049, 2176, 2561, 32768 + 128)] == \
+        [64, 64, 128, 320, 2048, 2560, 2560, 3072, 40960]
+    for n in range(1, 5000, 37):  # never shorter, at most 1/4 (or 64 tokens) longer
+        c = cache_length(n)
+        assert n <= c <= max(n + 63, n * 5 // 4 + 1)
+
+
+def test_automatic_compile_waits_until_the_step_has_decoded_enough_tokens(monkeypatch):
+    """compile=None: eager until this step shape has decoded AUTO_COMPILE_TOKENS in the process (one
+    long call or many short ones), compiled from then on; never for several rows on CPU."""
+    import importlib
+
+    dec_mod = importlib.import_module("rnope.decode")
+    g = importlib.import_module("rnope.inference")
+    monkeypatch.setattr(dec_mod, "_decoded", {})
+    monkeypatch.setattr(dec_mod, "_warm", set())
+    monkeypatch.setattr(dec_mod, "AUTO_COMPILE_TOKENS", 20)
+    monkeypatch.setattr(dec_mod, "compile_available", lambda: True)
+    asked = []
+
+    class Spy(dec_mod.Decoder):  # records the choice; decodes eagerly (the compiled step is tested elsewhere)
+        def __init__(self, model, cache, *, compile=False, cuda_graphs=False):
+            asked.append((compile, cache.max_seq_len))
+            super().__init__(model, cache, compile=False)
+            self.compiled = compile
+
+    monkeypatch.setattr(g, "Decoder", Spy)
+    model = tiny_model("rnope-swa")
+    prompt = list(range(3, 13))  # 10 tokens + 8 new: cache 18 eager, 64 when compiled
+    want = _greedy_reference(model, prompt, 8)
+    outs = [g.generate(model, [prompt], 8) for _ in range(4)]
+    assert all(o == [want] for o in outs)
+    # 7 decode steps per call: 7, 14 < 20 (eager); the third call would reach 21 -> compiled, then warm
+    assert asked == [(False, 18), (False, 18), (True, 64), (True, 64)]
+    assert g.generate(model, [prompt], 8, compile=False) == [want] and asked[-1] == (False, 18)
+    assert g.generate(model, [prompt, prompt], 8) == [want, want] and asked[-1] == (False, 18)  # CPU, 2 rows
+    assert g.generate(model, [prompt], 100)[0] == _greedy_reference(model, prompt, 100)
+    assert asked[-1] == (True, 128)  # one long generation repays the compile by itself

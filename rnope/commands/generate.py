@@ -25,10 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="prompts per batch with --input")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
-    p.add_argument("--compile", action="store_true",
-                   help="compile the decode step with torch.compile: the first call pays a compile of several "
-                        "seconds; per token it is about as fast as eager on a 2-core CPU (0.9-1.1x measured) and "
-                        "pays off on GPUs and long generations (benchmarks/RESULTS.md)")
+    p.add_argument("--compile", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
+                   help="compile the decode step with torch.compile: auto (default) compiles when the generation "
+                        "decodes enough tokens to repay the compile (rnope.decode.AUTO_COMPILE_TOKENS per prompt "
+                        "batch, 10-20 s of compile on a 2-core CPU, then ~3-4x eager per token for one prompt); "
+                        "on (or --compile alone) always; off never")
     from .eval import NOPE_SCALE_HELP
 
     p.add_argument("--nope-scale", default=None, metavar="MODE", help=NOPE_SCALE_HELP)
@@ -101,7 +102,7 @@ def run(args) -> int:
         raise ValueError(f"checkpoint '{args.ckpt}' has no tokenizer.json: cannot encode text prompts")
     apply(model, args.nope_scale, ckpt=args.ckpt, tokenizer=tok)
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_ids=[tok.eos_id], pad_id=tok.pad_id,
-              compile=args.compile)
+              compile={"auto": None, "on": True, "off": False}[args.compile])
     if rows is None:
         ids = tok.encode(args.prompt)
         _warn_length(model, len(ids) + args.max_new_tokens)
