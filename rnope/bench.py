@@ -18,11 +18,20 @@ model in transformers — ``Cohere2ForCausalLM`` for rnope-swa, ``CohereForCausa
    tokens/s after those prompts, each library's own greedy ``generate`` with the same number of new
    tokens, timed from the first new token to the last (streamer / callback time stamps). rnope's
    decode is the compiled static-shape step (:mod:`rnope.decode`) and, for reference, the eager one.
+   End to end, as a user meets it: ``rnope.generate(model, [prompt], 128)`` with default arguments
+   against transformers' ``generate()`` (prefill + new tokens, whole-call seconds): the first call in
+   a process (the automatic choice decodes eagerly: too few tokens to repay a compile) and the
+   steady state once the process has a compiled step of that shape.
 3. **kv_cache**: bytes of rnope's hybrid cache at each length vs the paper's
    ``0.25 + 0.75·W/L`` of a full-attention cache (rnope-swa; 1 for rope), and transformers' cache
    after its prefill.
 4. **sliding**: the blockwise sliding kernel's t(16k)/t(8k) (linear = 2) and prefill at 16k,
    rnope-swa vs rope.
+5. **long**: a ~28M rnope-swa vs the same-size rope at a
+   32k-token prompt (16k with ``--quick``), each in its own process: prefill seconds, eager decode tokens/s, KV bytes
+   (exactly 0.25 + 0.75·W/L of rope's) and peak RSS.
+6. **llamacpp** (``--only llamacpp``, not in the default run): the same weights in llama.cpp
+   (:mod:`rnope.bench_llamacpp`), skipped without a ``llama-bench`` binary.
 
 ``--quick`` drops 32k, times fewer rounds and decodes fewer tokens. The JSON holds every figure,
 its baseline, the ratio, the machine (CPU, threads, load average, versions, git SHA) and a
@@ -52,6 +61,14 @@ HF_CLASS = {"rnope-swa": "Cohere2ForCausalLM", "rope": "CohereForCausalLM"}
 TARGET_TRAIN_VS_HF = 2.5
 TARGET_MFU = 0.55
 TARGET_DECODE_VS_HF = 4.0
+#: every part of the run
+PARTS = ("train", "inference", "kv", "sliding", "long", "llamacpp")  # all but llamacpp by default
+#: the long-context part: a ~28M shape (rnope-swa and rope) at a 32k-token prompt
+LONG_SHAPE = dict(vocab_size=8192, n_layer=8, d_model=512, n_head=8, n_kv_head=2, d_ff=1536, window=512)
+TARGET_LONG_DECODE = 2.0  # rnope-swa decode tok/s at 32k / rope's
+#: ``rnope.generate`` with default arguments against ``transformers`` ``generate()``, prefill + 128
+#: new tokens after a 2k prompt, B=1: rnope-swa and rope
+TARGET_E2E_VS_HF = {"rnope-swa": 4.0, "rope": 3.0}
 TARGET_PREFILL_16K = 0.4
 TARGET_KV_TOL = 0.02
 
@@ -262,6 +279,7 @@ def _decode_rate(stamps: list[float], n_new: int) -> float:
 
 
 def bench_inference(preset: str, lengths: list[int], new_tokens: int, rounds: int, *, hf: bool, compile: bool) -> dict:
+    from rnope import decode as decode_mod
     from rnope.inference import generate, prefill
 
     L_max = max(lengths) + new_tokens + 1
@@ -280,6 +298,7 @@ def bench_inference(preset: str, lengths: list[int], new_tokens: int, rounds: in
         res: dict = {"prompt_tokens": L, "new_tokens": new_tokens}
         fns: dict[str, Callable] = {}
         gen: dict[str, list] = {}
+        e2e: dict[str, list[float]] = {"rnope_default": [], "hf": []}  # whole generate() calls, seconds
 
         def rn_prefill():
             cache = model.new_cache(1, L + 1)
@@ -288,12 +307,24 @@ def bench_inference(preset: str, lengths: list[int], new_tokens: int, rounds: in
                 prefill(model, ids, cache)
                 return time.perf_counter() - t
 
-        def rn_generate(comp: bool, key: str):
+        def rn_generate(comp: bool | None, key: str):
             def run():
                 s = _Stamps()
+                t = time.perf_counter()
                 gen[key] = generate(model, ids, new_tokens, callback=s, compile=comp)[0]
+                if comp is None:
+                    e2e["rnope_default"].append(time.perf_counter() - t)
                 return 1.0 / _decode_rate(s.t, new_tokens)  # seconds per token
             return run
+
+        # what a user meets first: rnope.generate with default arguments in a process that has not
+        # decoded with this shape yet (the automatic choice: eager, nothing to compile for 128 tokens)
+        decode_mod._decoded.clear()
+        decode_mod._warm.clear()
+        t = time.perf_counter()
+        first = generate(model, ids, new_tokens)[0]
+        res["e2e_first_call_s"] = time.perf_counter() - t
+        res["e2e_first_call_compiled"] = bool(decode_mod._warm)
 
         fns["rnope_prefill"] = rn_prefill
         fns["floor"] = weight_stream_fn(model)
@@ -306,8 +337,10 @@ def bench_inference(preset: str, lengths: list[int], new_tokens: int, rounds: in
 
             def hf_generate():
                 s = _Stamps()
+                t = time.perf_counter()
                 with torch.inference_mode():
                     o = twin.generate(prompt, attention_mask=torch.ones_like(prompt), generation_config=gcfg, streamer=s)
+                e2e["hf"].append(time.perf_counter() - t)
                 gen["hf"] = o[0, L:].tolist()
                 return 1.0 / _decode_rate(s.t, new_tokens)
 
@@ -315,6 +348,9 @@ def bench_inference(preset: str, lengths: list[int], new_tokens: int, rounds: in
         fns["rnope_decode_eager"] = rn_generate(False, "rnope_eager")
         if compile:
             fns["rnope_decode_compiled"] = rn_generate(True, "rnope_compiled")
+            # rnope.generate with default arguments once the process has decoded enough with this shape
+            # to compile (AUTO_COMPILE_TOKENS; here the warm-up call below compiles it)
+            fns["rnope_decode_default"] = rn_generate(None, "rnope_default")
         if twin is not None:
             fns["hf_decode"] = hf_generate
         try:
@@ -329,6 +365,13 @@ def bench_inference(preset: str, lengths: list[int], new_tokens: int, rounds: in
             out[str(L)] = res
             continue
         res["decode_floor_tok_per_s"] = 1.0 / med(times.pop("floor"))
+        if e2e["rnope_default"]:
+            res["e2e_s"] = {"rnope_default": med(e2e["rnope_default"])}
+            res["e2e_default_compiled"] = bool(decode_mod._warm)
+            if e2e["hf"]:
+                res["e2e_s"]["hf"] = med(e2e["hf"])
+                res["e2e_speedup_vs_hf"] = res["e2e_s"]["hf"] / res["e2e_s"]["rnope_default"]
+                res["e2e_first_call_vs_hf"] = res["e2e_s"]["hf"] / res["e2e_first_call_s"]
         res["prefill_s"] = {k.split("_")[0]: med(v) for k, v in times.items() if k.endswith("prefill")}
         res["decode_tok_per_s"] = {k.replace("_decode", ""): 1.0 / med(v) for k, v in times.items() if "decode" in k}
         res["raw_s"] = times
@@ -344,6 +387,7 @@ def bench_inference(preset: str, lengths: list[int], new_tokens: int, rounds: in
             res["same_tokens_as_hf"] = gen["hf"] == gen.get("rnope_eager")
         if "rnope_compiled" in gen:  # the compiled step (matvec layouts on CPU) decodes the same tokens
             res["same_tokens_compiled_as_eager"] = gen["rnope_compiled"] == gen.get("rnope_eager")
+        res["same_tokens_default_as_eager"] = first == gen.get("rnope_eager") and gen.get("rnope_default", first) == first
         log(f"inference {preset} L={L}: prefill {res['prefill_s']}, decode tok/s {({k: round(v, 1) for k, v in dec.items()})}")
         out[str(L)] = res
         gc.collect()
@@ -390,6 +434,73 @@ def bench_kv(lengths: list[int], hf: bool) -> dict:
             rows[str(L)] = row
             del cache
         out[preset] = rows
+    return out
+
+
+def _long_child(preset: str, length: int, new_tokens: int) -> None:
+    """One model in its own process (clean peak RSS): build, prefill ``length`` tokens, decode
+    ``new_tokens`` eagerly; prints one JSON line. Run by :func:`bench_long`."""
+    import resource
+
+    from rnope import ModelConfig, Transformer
+    from rnope.decode import Decoder
+    from rnope.inference import prefill
+
+    def rss() -> int:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_preset(preset, **{**LONG_SHAPE, "max_seq_len": length + new_tokens})).eval()
+    ids = torch.randint(3, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length)).tolist()
+    base = rss()
+    with torch.inference_mode():
+        cache = model.new_cache(1, length + new_tokens)
+        t = time.perf_counter()
+        tok = prefill(model, ids, cache).argmax(-1)
+        pre = time.perf_counter() - t
+        step = Decoder(model, cache)
+        ts = []
+        for _ in range(new_tokens):
+            t = time.perf_counter()
+            tok = step(tok).argmax(-1)
+            ts.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"parameters": model.num_params(), "prefill_s": pre, "decode_tok_s": 1.0 / statistics.median(ts),
+                      "kv_bytes": cache.nbytes, "rss_model_bytes": base, "peak_rss_bytes": peak,
+                      "prefill_peak_bytes": peak - base}))
+
+
+def bench_long(length: int = 32768, new_tokens: int = 32, threads: int | None = None) -> dict:
+    """rnope-swa vs rope of the same ~28M shape (:data:`LONG_SHAPE`) at a ``length``-token prompt, each in
+    its own process: prefill seconds, decode tok/s after the prompt, KV bytes against
+    0.25 + 0.75·W/L of rope's, and peak RSS (over the process after building the model)."""
+    import subprocess
+
+    out: dict = {"length": length, "new_tokens": new_tokens, "shape": LONG_SHAPE}
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    for preset in PRESETS:
+        code = f"import torch; from rnope.bench import _long_child; {'torch.set_num_threads(%d); ' % threads if threads else ''}" \
+               f"_long_child({preset!r}, {length}, {new_tokens})"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=3600)
+        if r.returncode != 0:
+            out[preset] = {"error": (r.stderr.strip().splitlines() or ["?"])[-1]}
+            log(f"long {preset}: failed ({out[preset]['error']})")
+            continue
+        out[preset] = json.loads(r.stdout.strip().splitlines()[-1])
+        log(f"long {preset} L={length}: prefill {out[preset]['prefill_s']:.1f} s, decode {out[preset]['decode_tok_s']:.1f} tok/s, "
+            f"peak RSS {out[preset]['peak_rss_bytes'] / 2**30:.2f} GiB")
+    a, b = out.get("rnope-swa", {}), out.get("rope", {})
+    if "decode_tok_s" in a and "decode_tok_s" in b:
+        W = LONG_SHAPE["window"]
+        total = length + new_tokens
+        out["kv_theory"] = 0.25 + 0.75 * W / total  # the cache holds prompt + new tokens
+        out["kv_fraction"] = a["kv_bytes"] / b["kv_bytes"]
+        out["decode_swa_over_rope"] = a["decode_tok_s"] / b["decode_tok_s"]
+        out["prefill_swa_over_rope"] = a["prefill_s"] / b["prefill_s"]
+        out["prefill_peak_swa_over_rope"] = a["prefill_peak_bytes"] / b["prefill_peak_bytes"]
     return out
 
 
@@ -465,6 +576,20 @@ def targets(res: dict) -> list[dict]:
             best = max(v for k, v in dec.items() if k.startswith("rnope"))
             add(f"decode {p} after 2k prompt: rnope / transformers generate() tok/s", f">= {TARGET_DECODE_VS_HF}x", best, dec["hf"],
                 r["decode_speedup_vs_hf"] >= TARGET_DECODE_VS_HF, f"{r['decode_speedup_vs_hf']:.2f}x")
+        if "e2e_speedup_vs_hf" in r:
+            goal = TARGET_E2E_VS_HF.get(p, TARGET_E2E_VS_HF["rnope-swa"])
+            add(f"generate {p}, 2k prompt + {r['new_tokens']} new, defaults: transformers / rnope seconds (steady)",
+                f">= {goal}x", r["e2e_s"]["rnope_default"], r["e2e_s"]["hf"], r["e2e_speedup_vs_hf"] >= goal,
+                f"{r['e2e_speedup_vs_hf']:.2f}x; first call {r['e2e_first_call_s']:.2f} s ({r['e2e_first_call_vs_hf']:.2f}x)")
+    lo = res.get("long")
+    if lo and "decode_swa_over_rope" in lo:
+        L = lo["length"]
+        add(f"decode after a {L // 1024}k prompt: rnope-swa / rope tok/s", f">= {TARGET_LONG_DECODE}x", lo["rnope-swa"]["decode_tok_s"],
+            lo["rope"]["decode_tok_s"], lo["decode_swa_over_rope"] >= TARGET_LONG_DECODE, f"{lo['decode_swa_over_rope']:.2f}x")
+        add(f"KV bytes at {L // 1024}k: rnope-swa / rope = 0.25 + 0.75·W/L", f"{lo['kv_theory']:.5f}", lo["kv_fraction"], lo["kv_theory"],
+            abs(lo["kv_fraction"] - lo["kv_theory"]) < 1e-9, f"{lo['kv_fraction']:.5f}")
+        add(f"prefill peak memory at {L // 1024}k: rnope-swa / rope", "< 1", lo["rnope-swa"]["prefill_peak_bytes"],
+            lo["rope"]["prefill_peak_bytes"], lo["prefill_peak_swa_over_rope"] < 1, f"{lo['prefill_peak_swa_over_rope']:.2f}")
     sl = res.get("sliding")
     if sl:
         add("prefill 16k: rnope-swa / rope time", f"<= {TARGET_PREFILL_16K}", sl["prefill_16k_s"]["rnope-swa"], sl["prefill_16k_s"]["rope"],
@@ -479,10 +604,11 @@ def targets(res: dict) -> list[dict]:
     return rows
 
 
-def run(quick: bool = False, *, out: str | None = None, parts: tuple[str, ...] = ("train", "inference", "kv", "sliding"),
+def run(quick: bool = False, *, out: str | None = None, parts: tuple[str, ...] = PARTS[:-1],
         hf: bool = True, compile: bool = True, threads: int | None = None, fused_adamw: bool | None = None,
-        rounds: int | None = None, lengths: list[int] | None = None) -> dict:
-    """Run the benchmark; returns (and writes to ``out``) the result dict."""
+        rounds: int | None = None, lengths: list[int] | None = None, llama_bench: str | None = None) -> dict:
+    """Run the benchmark; returns (and writes to ``out``) the result dict. ``llama_bench``: the
+    ``llama-bench`` binary for the ``llamacpp`` part (:mod:`rnope.bench_llamacpp`)."""
     if threads:
         torch.set_num_threads(threads)
     if hf:
@@ -538,6 +664,18 @@ def run(quick: bool = False, *, out: str | None = None, parts: tuple[str, ...] =
     if "sliding" in parts:
         log("sliding")
         res["sliding"] = bench_sliding(rounds)
+    if "long" in parts:
+        log("long context")
+        res["long"] = bench_long(16384 if quick else 32768, new_tokens=16 if quick else 32, threads=threads)
+        checkpoint()
+    if "llamacpp" in parts:
+        from .bench_llamacpp import bench_llamacpp
+
+        log("llama.cpp")
+        res["llamacpp"] = bench_llamacpp(binary=llama_bench, reps=rounds, compile=compile,
+                                         threads=(threads,) if threads else (1, 2))
+        if "skipped" in res["llamacpp"]:
+            log(f"llama.cpp: skipped ({res['llamacpp']['skipped']})")
     res["targets"] = targets(res)
     res["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     res["wall_s"] = time.perf_counter() - t0
@@ -586,6 +724,17 @@ def markdown(res: dict) -> str:
         lines += ["", f"Sliding kernel (W={sl['window']}): t(8k) {sl['kernel_8k_s'] * 1e3:.1f} ms, t(16k) {sl['kernel_16k_s'] * 1e3:.1f} ms, "
                   f"ratio {sl['kernel_t16k_over_t8k']:.2f}; prefill 16k rnope-swa {sl['prefill_16k_s']['rnope-swa']:.2f} s vs rope "
                   f"{sl['prefill_16k_s']['rope']:.2f} s = {sl['prefill_16k_swa_over_rope']:.3f}"]
+    lo = res.get("long")
+    if lo and "decode_swa_over_rope" in lo:
+        lines += ["", f"Long context ({lo['length']} prompt tokens, ~{lo['rope']['parameters'] / 1e6:.0f}M parameters, W={lo['shape']['window']}):", "",
+                  markdown_table(["preset", "prefill s", "decode tok/s", "KV MiB", "model RSS GiB", "peak RSS GiB", "prefill peak GiB"],
+                                 [[p, f"{lo[p]['prefill_s']:.1f}", f"{lo[p]['decode_tok_s']:.1f}", f"{lo[p]['kv_bytes'] / 2**20:.1f}",
+                                   f"{lo[p]['rss_model_bytes'] / 2**30:.2f}", f"{lo[p]['peak_rss_bytes'] / 2**30:.2f}",
+                                   f"{lo[p]['prefill_peak_bytes'] / 2**30:.2f}"] for p in PRESETS])]
+    if "llamacpp" in res:
+        from .bench_llamacpp import markdown as llamacpp_markdown
+
+        lines += ["", "Against llama.cpp:", "", llamacpp_markdown(res["llamacpp"])]
     return "\n".join(lines)
 
 
@@ -599,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_args(a) -> int:
     parts, fused, lengths = check_args(a)
     res = run(a.quick, out=a.out, parts=parts, hf=not a.no_hf, compile=not a.no_compile, threads=a.threads, fused_adamw=fused,
-              rounds=a.rounds, lengths=lengths)
+              rounds=a.rounds, lengths=lengths, llama_bench=getattr(a, "llama_bench", None))
     print(markdown(res))
     return 0
 
@@ -607,9 +756,9 @@ def run_args(a) -> int:
 def check_args(a):
     """(parts, fused AdamW choice, lengths) of parsed arguments; ValueError naming a bad one."""
     parts = tuple(p.strip() for p in a.only.split(",") if p.strip())
-    unknown = set(parts) - {"train", "inference", "kv", "sliding"}
+    unknown = set(parts) - set(PARTS)
     if unknown:
-        raise ValueError(f"--only: unknown part {sorted(unknown)[0]!r} (known: train, inference, kv, sliding)")
+        raise ValueError(f"--only: unknown part {sorted(unknown)[0]!r} (known: {', '.join(PARTS)})")
     fused = {"default": None, "fused": True, "unfused": False}[a.fused_adamw]
     try:
         lengths = [int(x) for x in a.lengths.split(",")] if getattr(a, "lengths", None) else None

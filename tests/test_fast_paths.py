@@ -503,3 +503,38 @@ def test_bench_cli_rejects_bad_arguments(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"rnope: error: --out '{tmp_path / 'f'}' exists and is not a directory"
     assert main(["bench", "--out", str(tmp_path / "b"), "--threads", "0"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # nothing written
+
+
+def test_bench_llamacpp_part_is_skipped_cleanly_without_llama_bench(tmp_path, monkeypatch, capsys):
+    from rnope.bench_llamacpp import bench_llamacpp, find_llama_bench, markdown
+    from rnope.cli import main
+
+    monkeypatch.delenv("RNOPE_LLAMA_BENCH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no llama-bench anywhere
+    assert find_llama_bench(str(tmp_path / "nope")) is None
+    res = bench_llamacpp()
+    assert res == {"skipped": "llama-bench not found (--llama-bench PATH, RNOPE_LLAMA_BENCH, or PATH)"}
+    assert markdown(res) == "llama.cpp comparison skipped: llama-bench not found (--llama-bench PATH, RNOPE_LLAMA_BENCH, or PATH)"
+    fake = tmp_path / "llama-bench"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    assert find_llama_bench() == fake  # found on PATH
+    fake.unlink()
+    assert main(["bench", "--out", str(tmp_path / "b"), "--only", "llamacpp", "--no-hf", "--no-compile"]) == 0
+    doc = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert doc["llamacpp"] == res
+    assert "llama.cpp comparison skipped" in capsys.readouterr().out
+
+
+def test_bench_long_context_part_kv_bytes_are_exactly_the_paper_fraction():
+    """Each model in its own process: at a 600-token prompt + 4 new tokens the hybrid cache holds
+    exactly 0.25 + 0.75·W/L of rope's bytes (W = 512); the figures it reports are positive."""
+    bench = _bench_module()
+    res = bench.bench_long(600, new_tokens=4, threads=1)
+    assert res["kv_theory"] == pytest.approx(0.25 + 0.75 * 512 / 604) and res["kv_fraction"] == pytest.approx(res["kv_theory"], abs=1e-12)
+    for p in ("rnope-swa", "rope"):
+        r = res[p]
+        assert r["prefill_s"] > 0 and r["decode_tok_s"] > 0 and r["peak_rss_bytes"] >= r["rss_model_bytes"] > 0
+        assert r["parameters"] == res["rope"]["parameters"]  # the same shape
+    rows = [t for t in bench.targets({"long": res}) if "KV bytes" in t["target"]]
+    assert len(rows) == 1 and rows[0]["met"]

@@ -18,7 +18,12 @@ def _module():
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="drop 32k, fewer rounds and new tokens")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory: writes DIR/bench.json")
-    p.add_argument("--only", default="train,inference,kv,sliding", help="comma-separated parts: train, inference, kv, sliding")
+    p.add_argument("--only", default="train,inference,kv,sliding,long",
+                   help="comma-separated parts: train, inference, kv, sliding, long, llamacpp (default: all but llamacpp, "
+                        "which needs a llama.cpp build: see --llama-bench)")
+    p.add_argument("--llama-bench", default=None, metavar="PATH",
+                   help="llama.cpp's llama-bench binary for --only llamacpp (default: $RNOPE_LLAMA_BENCH, then PATH; "
+                        "the part is skipped when there is none)")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baselines")
     p.add_argument("--no-compile", action="store_true", help="eager only")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
