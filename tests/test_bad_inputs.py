@@ -191,7 +191,7 @@ CASES = [
     ("tok-out-is-dir", ["tokenizer", "train", "--vocab-size", "300", "--out", "{out}"], ["is a directory"], "dir"),
     ("tok-out-under-file", ["tokenizer", "train", "--vocab-size", "300", "--out", "{out}"], ["is not a directory"], "under_file"),
     ("tok-unknown-action", ["tokenizer", "bogus"], ["tokenizer: argument ACTION: invalid choice: 'bogus'"], None),
-    # ---- train (test_train.py has the flag and resume-field cases)
+    # ---- train (train/test_train.py has the flag and resume-field cases)
     ("train-corpus-not-utf8", ["train", "--preset", "rnope-swa", "--out", "{out}", "--data", "{ws}/bad.txt"], ["bad.txt' is not valid UTF-8 (byte 0xff at offset 0)"], None),
     ("train-jsonl-no-text-field", ["train", "--preset", "rnope-swa", "--out", "{out}", "--data", "{ws}/notext.jsonl"], ["notext.jsonl line 1: no field 'text'"], None),
     ("train-window-0", ["train", "--preset", "rnope-swa", "--out", "{out}", "--model.window", "0"], ["window must be >= 1, got 0"], None),
@@ -208,7 +208,7 @@ CASES = [
     ("train-resume-other-config", ["train", "--out", "{out}", "--resume", "--preset", "rope"], ["cannot resume '", "model config field 'pattern' differs (checkpoint: 'SSSN', this run: 'R')"], "run"),
     ("train-resume-corrupt-state", ["train", "--out", "{out}", "--resume"], ["trainer_state.json is unreadable (JSONDecodeError"], "run-corrupt"),
     ("train-resume-empty-run", ["train", "--out", "{out}", "--resume", "--preset", "rnope-swa"], ["has no complete checkpoint under checkpoints/"], "dir"),
-    # ---- eval (test_evals.py has lengths / depths / tasks / names / samples / no-tokenizer)
+    # ---- eval (evals/test_evals.py has lengths / depths / tasks / names / samples / no-tokenizer)
     ("eval-ckpt-truncated", ["eval", "niah", "--ckpt", "{ws}/trunc", "--out", "{out}", "--lengths", "300"], ["trunc/model.safetensors does not match its sha256"], None),
     ("eval-ckpt-tokenizer-larger-than-vocab", ["eval", "niah", "--ckpt", "{ws}/bigtok", "--out", "{out}", "--lengths", "300"], ["tokenizer has", "vocab_size is 259"], None),
     ("eval-ckpt-config-weights-disagree", ["eval", "ruler", "--ckpt", "{ws}/mism", "--out", "{out}", "--lengths", "1024"], ["d_ff is 128 but model.safetensors holds 64"], None),
@@ -223,7 +223,7 @@ CASES = [
     ("eval-mqar-vocab-too-small", ["eval", "mqar", "--ckpt", "{ws}/ck", "--out", "{out}", "--vocab-size", "5"], ["8 pairs", "ids per half"], None),
     ("eval-out-under-file", ["eval", "niah", "--ckpt", "{ws}/ck", "--out", "{out}"], ["is not a directory"], "under_file"),
     ("eval-unknown-eval", ["eval", "bogus", "--ckpt", "{ws}/ck", "--out", "{out}"], ["eval: argument EVAL: invalid choice: 'bogus'"], None),
-    # ---- analyze (test_analysis.py has lengths / samples / names / essay-needed / unloadable)
+    # ---- analyze (analysis/test_analysis.py has lengths / samples / names / essay-needed / unloadable)
     ("analyze-length-0", ["analyze", "--ckpt", "{ws}/ck", "--out", "{out}", "--lengths", "0"], ["--lengths: 0 must be >= 1"], None),
     ("analyze-device", ["analyze", "--ckpt", "{ws}/ck", "--out", "{out}", "--lengths", "300", "--device", "nonsense"], ["--device: unknown device 'nonsense'"], None),
     ("analyze-essay-not-utf8", ["analyze", "--ckpt", "{ws}/ck", "--out", "{out}", "--lengths", "300", "--haystack", "essay", "--essay", "{ws}/bad.txt"], ["--essay file", "cannot be read (UnicodeDecodeError)"], None),
@@ -231,7 +231,7 @@ CASES = [
     ("analyze-out-is-file", ["analyze", "--ckpt", "{ws}/ck", "--out", "{out}", "--lengths", "300"], ["exists and is not a directory"], "file"),
     ("analyze-chunk-mb-0", ["analyze", "--ckpt", "{ws}/ck", "--out", "{out}", "--lengths", "300", "--chunk-mb", "0"], ["--chunk-mb must be >= 1, got 0"], None),
     ("analyze-missing-lengths", ["analyze", "--ckpt", "{ws}/ck", "--out", "{out}"], ["analyze: the following arguments are required: --lengths"], None),
-    # ---- export / import (test_interop.py has chunked export, model_type / auto_map / rope refusals)
+    # ---- export / import (interop/test_hf.py has chunked export, model_type / auto_map / rope refusals)
     ("export-out-is-file", ["export", "--ckpt", "{ws}/ck", "--out", "{out}"], ["exists and is not a directory"], "file"),
     ("export-out-not-empty", ["export", "--ckpt", "{ws}/ck", "--out", "{out}"], ["exists and is not empty"], "dir"),
     ("export-out-under-file", ["export", "--ckpt", "{ws}/ck", "--out", "{out}"], ["is not a directory"], "under_file"),

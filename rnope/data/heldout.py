@@ -4,7 +4,7 @@
 non-technical subjects, written for rnope: plain ASCII sentences, no digits (so a needle's value
 is the only number in the haystack), and none of the words of the evaluation templates. The
 built-in training corpus is the Python standard library's docstrings and help topics, so the two
-share no sentence; ``tests/test_family.py`` checks that mechanically.
+share no sentence; ``tests/tasks/test_family.py`` checks that mechanically.
 
 :func:`load_essay` reads a user's own prose (e.g. the Paul Graham essays RULER uses) for
 ``--essay PATH``.

@@ -145,7 +145,7 @@ def render(results: dict, profile) -> str:
         f"training-minutes over all models); hardware: {setup['machine']}.",
         f"- Data: built-in corpus (stdlib prose) sha256 `{setup.get('corpus_hash', '–')}`. Evaluation items draw "
         "wordings, key words, values and haystack sentences that no training document contains "
-        "(`tests/test_family.py` checks it); every seed is scored on the same items, so a ± is the spread over training "
+        "(`tests/tasks/test_family.py` checks it); every seed is scored on the same items, so a ± is the spread over training "
         "seeds alone.", "",
         "## Retrieval against length (NIAH)", "",
         f"Each cell: {items} items per length ({len(profile.niah_depths)} depths × {profile.niah_samples}), greedy "

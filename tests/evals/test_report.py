@@ -14,7 +14,7 @@ from rnope.evals import ppl as ppl_eval
 from rnope.evals import ruler as ruler_eval
 from rnope.evals.report import heatmap_size, png_size
 
-from .figcheck import SCIENTIFIC, captured_figures, renderer, tick_labels, unreadable
+from ..figcheck import SCIENTIFIC, captured_figures, renderer, tick_labels, unreadable
 
 
 def _ruler_doc(score):

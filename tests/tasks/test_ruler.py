@@ -13,7 +13,7 @@ from rnope.tasks import ruler as ruler_mod
 from rnope.tasks.haystack import TRAIN_ADJECTIVES, TRAIN_NOUNS, cwe_words
 from rnope.tasks.synthetic import synthetic_documents
 
-from .conftest import TRAIN_ESSAY, byte_encode, make, wp_encode
+from ..conftest import TRAIN_ESSAY, byte_encode, make, wp_encode
 from .test_tasks import TRAIN_FRAGS, _fragments
 
 # ---------------------------------------------------------------- eval prompts follow RULER's template text

@@ -25,7 +25,7 @@ from rnope.train.stream import long_fraction, micro_shape, step_batches
 
 TINY = ["--preset", "rnope-swa", "--model.d_model", "64", "--model.d_ff", "128", "--model.window", "32",
         "--batch-size", "4", "--seq-len", "256"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

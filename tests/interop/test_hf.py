@@ -18,7 +18,7 @@ from rnope.cli import main  # noqa: E402
 from rnope.interop import export, import_hf, load_hf  # noqa: E402
 from rnope.tokenizer import Tokenizer  # noqa: E402
 
-from .conftest import sharp_random_model  # noqa: E402
+from ..conftest import sharp_random_model  # noqa: E402
 
 W = 8
 SHAPE = dict(vocab_size=259, n_layer=4, d_model=64, n_head=4, n_kv_head=2, d_ff=128, max_seq_len=256, window=W, logit_scale=0.5)
@@ -267,7 +267,7 @@ def test_round_trip_export_import_is_exact(tmp_path, preset):
 
 
 def test_import_reads_an_older_rnope_section_with_flat_option_names(tmp_path):
-    from .test_checkpoint import flat_model_dict
+    from ..test_checkpoint import flat_model_dict
 
     model = random_model("rnope-swa", chunk_size=77)  # chunk_size lives in the rnope section only
     d = export(model, tmp_path / "hf", log=None)

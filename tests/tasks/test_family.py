@@ -27,7 +27,7 @@ from rnope.tasks.family import (
 from rnope.tasks.haystack import EVAL_ADJECTIVES, EVAL_NOUNS, NOISE_EVAL, split_sentences
 from rnope.tasks.synthetic import eval_template_words, synthetic_documents
 
-from .conftest import wp_encode
+from ..conftest import wp_encode
 
 TRAIN_PROSE = [
     "Bread begins with flour, water, salt and yeast. The baker mixes them and lets the dough rest so the gluten can "

@@ -23,7 +23,7 @@ from rnope.cli import main as cli_main
 from rnope.evals import lm_eval_adapter as adapter
 from rnope.tokenizer import Tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(vocab_size=259, n_layer=4, d_model=32, n_head=4, n_kv_head=2, d_ff=64, max_seq_len=256, window=16)
 SHIPPED = {"rnope_passkey": "passkey.yaml", "rnope_passkey_ll": "passkey_ll.yaml",
            "rnope_passkey_rolling": "passkey_rolling.yaml"}

@@ -30,8 +30,8 @@ from rnope.cli import main
 from rnope.kernels import reference_attention, visibility
 from rnope.tokenizer import Tokenizer
 
-from .conftest import TINY, tiny_model
-from .figcheck import SCIENTIFIC, captured_figures, renderer, tick_labels, unreadable
+from ..conftest import TINY, tiny_model
+from ..figcheck import SCIENTIFIC, captured_figures, renderer, tick_labels, unreadable
 
 BYTE = dict(TINY, vocab_size=259)  # byte-level tokenizer ids
 LEN = 300  # just above the passkey minimum with the byte-level tokenizer (259 tokens)

@@ -20,7 +20,7 @@ from rnope.decode import Decoder, fuse  # noqa: E402
 from rnope.interop import export, import_hf, load_hf  # noqa: E402
 from rnope.tokenizer import Tokenizer  # noqa: E402
 
-from .conftest import sharp_random_model  # noqa: E402
+from ..conftest import sharp_random_model  # noqa: E402
 
 W = 8  # every sliding window here; prompts are longer than 3 windows
 VOCAB = 300

@@ -8,7 +8,7 @@ import pytest
 
 from rnope.cli import main
 
-from .figcheck import SCIENTIFIC, captured_figures, tick_labels, unreadable
+from ..figcheck import SCIENTIFIC, captured_figures, tick_labels, unreadable
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,7 @@ from rnope.tasks.haystack import (
 from rnope.tasks.scoring import exact_value, metric_name, string_match_all, string_match_part
 from rnope.tasks.synthetic import synthetic_documents, synthetic_items
 
-from .conftest import TRAIN_ESSAY, byte_encode, make, wp_encode
+from ..conftest import TRAIN_ESSAY, byte_encode, make, wp_encode
 
 DEPTH_TASKS = ["passkey", *[t for t in TASKS if t.startswith("niah")], "vt"]
 

@@ -18,7 +18,7 @@ from rnope.cli import main  # noqa: E402
 from rnope.interop.gguf import export_gguf, gguf_layout  # noqa: E402
 from rnope.tokenizer import Tokenizer  # noqa: E402
 
-from .conftest import sharp_random_model  # noqa: E402
+from ..conftest import sharp_random_model  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,7 +3,7 @@ import torch
 
 from rnope import generate
 
-from .conftest import TINY, tiny_model
+from ..conftest import TINY, tiny_model
 
 W = TINY["window"]
 
