@@ -606,9 +606,11 @@ def targets(res: dict) -> list[dict]:
 
 def run(quick: bool = False, *, out: str | None = None, parts: tuple[str, ...] = PARTS[:-1],
         hf: bool = True, compile: bool = True, threads: int | None = None, fused_adamw: bool | None = None,
-        rounds: int | None = None, lengths: list[int] | None = None, llama_bench: str | None = None) -> dict:
+        rounds: int | None = None, lengths: list[int] | None = None, llama_bench: str | None = None,
+        new_tokens: int | None = None) -> dict:
     """Run the benchmark; returns (and writes to ``out``) the result dict. ``llama_bench``: the
-    ``llama-bench`` binary for the ``llamacpp`` part (:mod:`rnope.bench_llamacpp`)."""
+    ``llama-bench`` binary for the ``llamacpp`` part (:mod:`rnope.bench_llamacpp`). ``new_tokens``:
+    tokens generated per inference call (default 128, 32 with ``quick``)."""
     if threads:
         torch.set_num_threads(threads)
     if hf:
@@ -628,7 +630,7 @@ def run(quick: bool = False, *, out: str | None = None, parts: tuple[str, ...] =
         dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
     rounds = rounds or (3 if quick else 5)
     lengths = lengths or ([2048, 8192] if quick else [2048, 8192, 32768])
-    new_tokens = 32 if quick else 64
+    new_tokens = new_tokens or (32 if quick else 128)
     t0 = time.perf_counter()
     res: dict = {"machine": machine_info(), "quick": quick, "shape": SHAPE, "presets": list(PRESETS), "hf_classes": HF_CLASS,
                  "rounds": rounds, "optimizer": f"AdamW(wd 0.1 on matrices, fused={fused_adamw})"}
@@ -748,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
 def run_args(a) -> int:
     parts, fused, lengths = check_args(a)
     res = run(a.quick, out=a.out, parts=parts, hf=not a.no_hf, compile=not a.no_compile, threads=a.threads, fused_adamw=fused,
-              rounds=a.rounds, lengths=lengths, llama_bench=getattr(a, "llama_bench", None))
+              rounds=a.rounds, lengths=lengths, llama_bench=getattr(a, "llama_bench", None),
+              new_tokens=getattr(a, "new_tokens", None))
     print(markdown(res))
     return 0
 
@@ -766,6 +769,8 @@ def check_args(a):
         raise ValueError(f"--lengths must be comma-separated integers, got {a.lengths!r}") from None
     if lengths and min(lengths) < 1:
         raise ValueError(f"--lengths must be positive, got {a.lengths!r}")
+    if getattr(a, "new_tokens", None) is not None and a.new_tokens < 1:
+        raise ValueError(f"--new-tokens must be >= 1, got {a.new_tokens}")
     return parts, fused, lengths
 
 

@@ -83,6 +83,9 @@ def test_bench_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path / "f")]) == 2  # --out is a directory, as everywhere
     assert capsys.readouterr().err.strip() == f"rnope: error: --out '{tmp_path / 'f'}' exists and is not a directory"
     assert main(["bench", "--out", str(tmp_path / "b"), "--threads", "0"]) == 2
+    capsys.readouterr()
+    assert main(["bench", "--out", str(tmp_path / "b"), "--new-tokens", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "rnope: error: --new-tokens must be >= 1, got 0"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # nothing written
 
 

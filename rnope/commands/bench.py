@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile", action="store_true", help="eager only")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds (default 3 with --quick, else 5)")
+    p.add_argument("--new-tokens", type=int, default=None,
+                   help="tokens generated per inference call (default 128, 32 with --quick)")
     p.add_argument("--lengths", default=None, help="prompt lengths for inference / KV (default 2048,8192[,32768])")
     p.add_argument("--fused-adamw", choices=("default", "fused", "unfused"), default="default",
                    help="AdamW implementation for every training variant (default: torch's, as rnope train on CPU)")
