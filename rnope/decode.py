@@ -40,7 +40,7 @@ from .cache import HybridCache, LayerCache
 from .kernels import matvec_linear
 from .model import Context, Transformer
 
-__all__ = ["AUTO_COMPILE_TOKENS", "DECODE_WEIGHTS_MAX_BYTES", "Decoder", "FusedLinear", "cache_length", "compile_available",
+__all__ = ["AUTO_COMPILE_TOKENS", "DECODE_WEIGHTS", "DECODE_WEIGHTS_MAX_BYTES", "check_decode_weights", "Decoder", "FusedLinear", "cache_length", "compile_available",
            "decode_step", "fuse", "should_compile"]
 
 
@@ -87,40 +87,75 @@ def _shallow(module: nn.Module) -> nn.Module:
     return new
 
 
+#: decode weight dtypes a user may ask for (``Decoder(weights=...)``, ``rnope generate --decode-weights``)
+DECODE_WEIGHTS = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_decode_weights(weights: str | None) -> torch.dtype | None:
+    """The dtype of a ``weights`` choice (None = the model's own); ValueError naming a bad one."""
+    if weights is None:
+        return None
+    if weights not in DECODE_WEIGHTS:
+        raise ValueError(f"decode weights must be one of {', '.join(DECODE_WEIGHTS)}, got {weights!r}")
+    return DECODE_WEIGHTS[weights]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 @torch.no_grad()
-def fuse(model: Transformer, kind: str) -> Transformer | None:
+def fuse(model: Transformer, kind: str, weight_dtype: torch.dtype | None = None) -> Transformer | None:
     """A decode copy of ``model`` with the ``kind`` weight layouts (module doc) swapped in, or None
     when the copied matrices would exceed ``DECODE_WEIGHTS_MAX_BYTES`` or ``rowmajor`` is asked for
     off the CPU (then decode with ``model`` itself).
+
+    ``weight_dtype`` (``matvec`` only): store every matrix of the copy (projections and the head) in
+    this narrower dtype, float16 or bfloat16; :func:`rnope.kernels.matvec_linear` widens it inside
+    the reduction, so a step reads half the bytes and still computes in fp32. Rounding the weights
+    changes the logits (about 1e-3 relative for float16): an opt-in, not the reference.
 
     A snapshot: the copy shares the model's parameters, but its fused matrices are copies, so a
     copy must not outlive a weight update (:class:`Decoder` makes one per decode).
     """
     if kind not in ("matvec", "rowmajor"):
         raise ValueError(f"decode layout must be matvec or rowmajor, got {kind!r}")
+    if weight_dtype is not None and kind != "matvec":
+        raise ValueError(f"decode weights in {weight_dtype} need the matvec layout, got {kind!r}")
     head = model.embed_tokens.weight if model.config.tie_embeddings else model.lm_head.weight
     if head.device.type != "cpu" and kind == "rowmajor":
         return None
     matvec = kind == "matvec"
+    narrow = weight_dtype is not None and weight_dtype != head.dtype
     size = lambda *ms: sum(m.weight.numel() * m.weight.element_size() for m in ms)  # noqa: E731
-    extra = sum(size(b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj) if matvec else 0 for b in model.layers)
-    extra += sum(size(b.mlp.gate_proj, b.mlp.up_proj) for b in model.layers)
-    extra += 0 if matvec else head.numel() * head.element_size()
+    if narrow:  # every matrix is copied, at the narrow dtype's size
+        mats = [m for b in model.layers for m in (b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj,
+                                                  b.self_attn.o_proj, b.mlp.gate_proj, b.mlp.up_proj, b.mlp.down_proj)]
+        extra = (sum(m.weight.numel() for m in mats) + head.numel()) * torch.empty((), dtype=weight_dtype).element_size()
+    else:
+        extra = sum(size(b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj) if matvec else 0 for b in model.layers)
+        extra += sum(size(b.mlp.gate_proj, b.mlp.up_proj) for b in model.layers)
+        extra += 0 if matvec else head.numel() * head.element_size()
     if extra > DECODE_WEIGHTS_MAX_BYTES:
         return None
+    cast = (lambda w: w.to(weight_dtype)) if narrow else (lambda w: w)  # noqa: E731
+
+    def fl(w, b=None):
+        return FusedLinear(cast(w), b, kind)
+
     dm = _shallow(model)
     blocks = []
     for block in model.layers:
         b, a, m = _shallow(block), _shallow(block.self_attn), _shallow(block.mlp)
-        m.gate_up_proj = FusedLinear(*_cat(block.mlp.gate_proj, block.mlp.up_proj), kind=kind)
+        m.gate_up_proj = fl(*_cat(block.mlp.gate_proj, block.mlp.up_proj))
         if matvec:
-            a.qkv_proj = FusedLinear(*_cat(a.q_proj, a.k_proj, a.v_proj), kind=kind)
-            a.o_proj = FusedLinear(a.o_proj.weight, None, kind)
-            m.down_proj = FusedLinear(m.down_proj.weight, None, kind)
+            a.qkv_proj = fl(*_cat(a.q_proj, a.k_proj, a.v_proj))
+            a.o_proj = fl(a.o_proj.weight)
+            m.down_proj = fl(m.down_proj.weight)
         b.self_attn, b.mlp = a, m
         blocks.append(b)
     dm.layers = nn.ModuleList(blocks)
-    dm.lm_head = FusedLinear(head, None, kind)
+    dm.lm_head = fl(head)
     if matvec and model.attn_impl != "reference":  # the reference kernel stays the reference
         dm.attn_impl = "matvec"
     return dm
@@ -167,8 +202,9 @@ def compile_available() -> bool:
 #: ``compile=None`` (auto) compiles a decode step once this many tokens were (or are about to be)
 #: decoded with its shape in this process: the compile must repay itself. Measured for the 7M
 #: bench shape on 2 CPU threads (benchmarks/RESULTS.md): a cold compile takes 10-19 s (4 s with
-#: inductor's on-disk cache warm from an earlier process) and saves ~3 ms per token (eager ~250
-#: tok/s, compiled ~950 tok/s after a 2k prompt), so it repays after ~1,300-6,000 tokens.
+#: inductor's on-disk cache warm from an earlier process) and saves 3-4 ms per token (eager
+#: 170-250 tok/s, compiled 400-950 tok/s after a 2k prompt, depending on the machine's load), so it
+#: repays after ~1,000-6,000 tokens.
 AUTO_COMPILE_TOKENS = 4096
 #: at most this many step shapes are compiled automatically per process (each distinct shape is one
 #: graph; torch's recompile limit for one function is 8, past which it silently runs eagerly)
@@ -230,9 +266,16 @@ class Decoder:
     d 256 at B = 2 took 0.60 ms per step against 2.48 ms compiled without graphs. Each call returns
     a copy of the logits (the graph's output buffer is overwritten by the next replay). Ignored off
     CUDA or without ``compile``.
+
+    weights: ``"float16"`` or ``"bfloat16"`` stores the decode copy's matrices in that dtype for the
+    compiled one-row CPU step, which is bound by reading the weights: about half the bytes per token
+    (:func:`fuse`). The logits move by the weights' rounding (float16: ~1e-3 relative); greedy
+    tokens usually, not always, agree with fp32. Elsewhere (eager, a batch, CUDA) the step keeps the
+    model's weights; ``self.weights`` says which dtype the step reads. None / ``"float32"``: the model's.
     """
 
-    def __init__(self, model: Transformer, cache: HybridCache, *, compile: bool = False, cuda_graphs: bool = False):
+    def __init__(self, model: Transformer, cache: HybridCache, *, compile: bool = False, cuda_graphs: bool = False,
+                 weights: str | None = None):
         self.model, self.cache = model, cache
         self.layers = cache.layers
         start = cache.start
@@ -243,7 +286,11 @@ class Decoder:
         self._fn = _compiled(dev.type, self.graphs) if self.compiled else decode_step
         # one row on CPU, compiled: projections as streaming reductions (matvec layouts)
         self.matvec = self.compiled and cache.batch_size == 1 and dev.type == "cpu"
-        self.step_model = fuse(model, "matvec" if self.matvec else "rowmajor") or model
+        narrow = check_decode_weights(weights)  # checked everywhere, used by the matvec step only
+        narrow = narrow if self.matvec else None
+        fused = fuse(model, "matvec" if self.matvec else "rowmajor", narrow)
+        self.step_model = fused or model
+        self.weights = _dtype_name(narrow if fused is not None and narrow is not None else model.embed_tokens.weight.dtype)
         self._time = torch.zeros(1, dtype=torch.long, device=dev)
         if self.graphs:  # written in place by the replayed graph: their addresses must not change
             for buf in (self._time, *(t for layer in self.layers for t in (layer.k, layer.v, layer.time))):
@@ -273,6 +320,7 @@ class Decoder:
             if self.matvec:  # matvec layouts are for compiled code only: back to the eager ones
                 self.matvec = False
                 self.step_model = fuse(self.model, "rowmajor") or self.model
+                self.weights = _dtype_name(self.model.embed_tokens.weight.dtype)
             logits = decode_step(self.step_model, tokens, self._time, self.start, self.layers)
         cache.advance(1)
         return logits

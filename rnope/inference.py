@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .decode import Decoder, cache_length, record_decoded, should_compile
+from .decode import Decoder, cache_length, check_decode_weights, record_decoded, should_compile
 from .model import Transformer
 
 __all__ = ["ATTN_BUDGET", "LOGIT_BUDGET", "Decoder", "auto_chunk", "check_cache_fits", "check_sampling",
@@ -203,6 +203,7 @@ def generate(
     callback: TokenCallback | None = None,
     compile: bool | None = None,
     chunk_size: int | None = None,
+    decode_weights: str | None = None,
 ) -> list[list[int]]:
     """Generate up to ``max_new_tokens`` per prompt; returns the new ids per prompt.
 
@@ -216,7 +217,10 @@ def generate(
     from then on, the graph cached for the rest of the process; ``True`` compiles now (the first
     call pays the compile); ``False`` never compiles. A compiled step's cache is sized to
     :func:`rnope.decode.cache_length` so other prompt lengths reuse its graph. Compiling falls back
-    to eager where it is not possible; greedy tokens are the same either way.
+    to eager where it is not possible; greedy tokens are the same either way. ``decode_weights``
+    ``"float16"`` / ``"bfloat16"`` lets the compiled one-row CPU step read its weights in that dtype
+    (about half the bytes per token; logits within the weights' rounding, so greedy tokens may
+    differ from fp32; :class:`rnope.decode.Decoder`); None keeps the model's.
 
     Arguments are checked, never clipped or read as something else (:func:`check_sampling`):
     ``max_new_tokens`` >= 1, ``temperature`` >= 0 (0 = greedy; a negative one is an error, not
@@ -239,6 +243,7 @@ def generate(
         if bad:
             raise ValueError(f"prompt {i} has token id {bad[0]} outside the vocabulary [0, {vocab})")
     check_sampling(max_new_tokens, temperature, top_k, top_p)
+    check_decode_weights(decode_weights)
 
     device = model.embed_tokens.weight.device
     generator = None
@@ -256,7 +261,7 @@ def generate(
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
     logits = prefill(model, prompts, cache, pad_id, chunk_size)
-    decode = Decoder(model, cache, compile=bool(compile))
+    decode = Decoder(model, cache, compile=bool(compile), weights=decode_weights)
     steps = 0
     for step in range(max_new_tokens):
         nxt = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)

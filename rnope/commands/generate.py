@@ -28,8 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
                    help="compile the decode step with torch.compile: auto (default) compiles when the generation "
                         "decodes enough tokens to repay the compile (rnope.decode.AUTO_COMPILE_TOKENS per prompt "
-                        "batch, 10-20 s of compile on a 2-core CPU, then ~3-4x eager per token for one prompt); "
-                        "on (or --compile alone) always; off never")
+                        "batch; 10-20 s of compile on a 2-core CPU, then 2-3.5x eager per token for one prompt, measured on "
+                        "7M-55M models in benchmarks/RESULTS.md); on (or --compile alone) always; off never")
+    p.add_argument("--decode-weights", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="dtype the compiled one-prompt CPU decode step reads its weights in: float16 halves the bytes "
+                        "read per token (logits move by the weights' rounding, ~1e-3 relative; greedy tokens may differ "
+                        "from float32); ignored by the eager and batched paths (default float32, the model's)")
     from .eval import NOPE_SCALE_HELP
 
     p.add_argument("--nope-scale", default=None, metavar="MODE", help=NOPE_SCALE_HELP)
@@ -102,7 +106,8 @@ def run(args) -> int:
         raise ValueError(f"checkpoint '{args.ckpt}' has no tokenizer.json: cannot encode text prompts")
     apply(model, args.nope_scale, ckpt=args.ckpt, tokenizer=tok)
     kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_ids=[tok.eos_id], pad_id=tok.pad_id,
-              compile={"auto": None, "on": True, "off": False}[args.compile])
+              compile={"auto": None, "on": True, "off": False}[args.compile],
+              decode_weights=None if args.decode_weights == "float32" else args.decode_weights)
     if rows is None:
         ids = tok.encode(args.prompt)
         _warn_length(model, len(ids) + args.max_new_tokens)

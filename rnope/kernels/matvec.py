@@ -25,8 +25,12 @@ MATVEC_PV_BMM_KEYS = 4096
 
 
 def matvec_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``F.linear(x, w)`` as a broadcast product summed over ``in``: x (..., in), w (out, in)."""
-    return (x.unsqueeze(-2) * w).sum(-1)
+    """``F.linear(x, w)`` as a broadcast product summed over ``in``: x (..., in), w (out, in).
+
+    ``w`` may be stored in a narrower dtype than ``x`` (float16 / bfloat16 decode weights): it is
+    widened element by element inside the reduction, so compiled code reads half the bytes and
+    computes in ``x``'s precision."""
+    return (x.unsqueeze(-2) * w.to(x.dtype)).sum(-1)
 
 
 def matvec_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:

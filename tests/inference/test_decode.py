@@ -261,3 +261,70 @@ def test_compiled_matvec_decoder_equals_eager_decoder(preset):
     _assert_fp32_close(comp, eager)
     prompt = [tokens[0, :11].tolist()]
     assert generate(model, prompt, 2 * W, compile=True) == generate(model, prompt, 2 * W)
+
+
+# ------------------------------------------------------------------------------------ narrow decode weights
+#: the stated tolerance of float16 decode weights: logits within 5e-3 of the fp32 step's largest logit
+F16_TOL = 5e-3
+
+
+def _narrow_vs_fp32(model, dm, tokens, P):
+    caches = [model.new_cache(1, tokens.shape[1]) for _ in range(2)]
+    for c in caches:
+        model(tokens[:, :P], cache=c)
+    worst = 0.0
+    for t in range(P, tokens.shape[1]):
+        time = torch.tensor([t])
+        ref = decode_step(model, tokens[:, t : t + 1], time, None, caches[0].layers)
+        got = decode_step(dm, tokens[:, t : t + 1], time, None, caches[1].layers)
+        worst = max(worst, ((got - ref).abs().max() / ref.abs().max()).item())
+    return worst
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@torch.no_grad()
+def test_narrow_decode_weights_are_stored_narrow_and_stay_within_tolerance(dtype):
+    """fuse(..., weight_dtype): every matrix of the decode copy is stored in the narrow dtype (the
+    model keeps fp32), and the step's logits stay within the stated tolerance of the fp32 step
+    (float16 5e-3 of the largest logit; bfloat16, with 8 mantissa bits, 4x that)."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_preset("rnope-swa", **{**TINY, "d_model": 64, "d_ff": 192})).eval()
+    dm = fuse(model, "matvec", dtype)
+    mats = [m.weight for m in dm.modules() if type(m).__name__ == "FusedLinear"]
+    assert len(mats) == 4 * model.config.n_layer + 1 and all(w.dtype == dtype for w in mats)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    tokens = torch.randint(0, TINY["vocab_size"], (1, 3 * W))
+    err = _narrow_vs_fp32(model, dm, tokens, W)
+    assert 0 < err <= (F16_TOL if dtype == torch.float16 else 4 * F16_TOL), err
+
+
+def test_decode_weights_bad_values_and_where_they_apply():
+    model = tiny_model("rnope-swa")
+    cache = model.new_cache(2, 8)
+    model(torch.randint(0, TINY["vocab_size"], (2, 4)), cache=cache)
+    with pytest.raises(ValueError, match=r"^decode weights must be one of float32, float16, bfloat16, got 'int4'$"):
+        Decoder(model, cache, weights="int4")
+    with pytest.raises(ValueError, match=r"^decode weights must be one of float32, float16, bfloat16, got 'fp8'$"):
+        generate(model, [[1, 2, 3]], 2, decode_weights="fp8")
+    with pytest.raises(ValueError, match=r"^decode weights in torch.float16 need the matvec layout, got 'rowmajor'$"):
+        fuse(model, "rowmajor", torch.float16)
+    assert Decoder(model, cache, weights="float16").weights == "float32"  # eager, a batch: the model's weights
+
+
+@pytest.mark.skipif(not compile_available(), reason="torch.compile needs a C++ compiler")
+@torch.no_grad()
+def test_compiled_float16_decode_weights_within_tolerance_of_fp32():
+    """The real path: the compiled one-row CPU step reading float16 weights, against the eager fp32 step."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_preset("rnope-swa", **{**TINY, "d_model": 64, "d_ff": 192})).eval()
+    tokens = torch.randint(0, TINY["vocab_size"], (1, 2 * W + 3))
+    outs = {}
+    for key, kw in (("fp32", {}), ("f16", {"compile": True, "weights": "float16"})):
+        cache = model.new_cache(1, tokens.shape[1])
+        model(tokens[:, : W + 1], cache=cache)
+        dec = Decoder(model, cache, **kw)
+        outs[key] = torch.stack([dec(tokens[:, t]) for t in range(W + 1, tokens.shape[1])])
+        if key == "f16":
+            assert dec.compiled and dec.weights == "float16"
+    err = ((outs["f16"] - outs["fp32"]).abs().max() / outs["fp32"].abs().max()).item()
+    assert 0 < err <= F16_TOL, err

@@ -179,7 +179,7 @@ def test_automatic_compile_waits_until_the_step_has_decoded_enough_tokens(monkey
     asked = []
 
     class Spy(dec_mod.Decoder):  # records the choice; decodes eagerly (the compiled step is tested elsewhere)
-        def __init__(self, model, cache, *, compile=False, cuda_graphs=False):
+        def __init__(self, model, cache, *, compile=False, cuda_graphs=False, weights=None):
             asked.append((compile, cache.max_seq_len))
             super().__init__(model, cache, compile=False)
             self.compiled = compile
