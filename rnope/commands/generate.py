@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", nargs="?", const="on", default="auto", choices=("auto", "on", "off"),
                    help="compile the decode step with torch.compile: auto (default) compiles when the generation "
                         "decodes enough tokens to repay the compile (rnope.decode.AUTO_COMPILE_TOKENS per prompt "
-                        "batch; 10-20 s of compile on a 2-core CPU, then 2-3.5x eager per token for one prompt, measured on "
+                        "batch; 10-20 s of compile on a 2-core CPU, then 1.6-3.5x eager per token for one prompt, measured on "
                         "7M-55M models in benchmarks/RESULTS.md); on (or --compile alone) always; off never")
     p.add_argument("--decode-weights", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="dtype the compiled one-prompt CPU decode step reads its weights in: float16 halves the bytes "
