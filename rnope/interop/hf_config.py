@@ -104,23 +104,30 @@ def _check_features(config: ModelConfig) -> None:
                 f"{_PREFIX}layer {i} is a NoPE sliding-window layer, which cohere/cohere2 cannot express "
                 "(cohere2 applies RoPE to every sliding layer and to no other)"
             )
-        if s.rope:
-            opts = s.rope_options
-            if opts.scaling not in HF_SCALINGS:
-                raise ValueError(
-                    f"{_PREFIX}layer {i} uses RoPE scaling {opts.scaling!r}, which transformers' rope_parameters cannot "
-                    f"express (exportable: {', '.join(HF_SCALINGS)})"
-                )
-            if opts.fraction != 1.0:
-                raise ValueError(f"{_PREFIX}layer {i} uses partial RoPE (rope_fraction={opts.fraction}), which cohere/cohere2 cannot express")
-            if opts.qk_l2norm:
-                raise ValueError(f"{_PREFIX}layer {i} uses a weightless L2 QK-norm (Llama 4), which cohere/cohere2 cannot express")
-        elif s.nope_options.temperature != "none":
-            raise ValueError(f"{_PREFIX}layer {i} scales NoPE queries by temperature {s.nope_options.temperature!r}, which cohere/cohere2 cannot express")
+        check_layer_options(i, s, _PREFIX, "cohere/cohere2")
 
 
 # RoPE extensions transformers implements with the same formula as rnope.rope (tested for parity)
 HF_SCALINGS = ("none", "linear", "yarn")
+
+
+def check_layer_options(i: int, s, prefix: str, arch: str) -> None:
+    """Refuse, in one line naming layer ``i``, the RoPE / NoPE options of ``s`` (a ``LayerSpec``)
+    that the transformers architecture ``arch`` cannot express: a RoPE scaling outside
+    ``HF_SCALINGS``, partial RoPE, Llama 4's weightless QK-norm, a NoPE query temperature."""
+    if s.rope:
+        opts = s.rope_options
+        if opts.scaling not in HF_SCALINGS:
+            raise ValueError(
+                f"{prefix}layer {i} uses RoPE scaling {opts.scaling!r}, which transformers' rope_parameters cannot "
+                f"express (exportable: {', '.join(HF_SCALINGS)})"
+            )
+        if opts.fraction != 1.0:
+            raise ValueError(f"{prefix}layer {i} uses partial RoPE (rope_fraction={opts.fraction}), which {arch} cannot express")
+        if opts.qk_l2norm:
+            raise ValueError(f"{prefix}layer {i} uses a weightless L2 QK-norm (Llama 4), which {arch} cannot express")
+    elif s.nope_options.temperature != "none":
+        raise ValueError(f"{prefix}layer {i} scales NoPE queries by temperature {s.nope_options.temperature!r}, which {arch} cannot express")
 
 
 def hf_rope_parameters(config: ModelConfig) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from .hf_config import (
     _MAPPED_CONFIG,
     _MAPPED_SPEC,
     FULL,
-    HF_SCALINGS,
+    check_layer_options,
     SLIDING,
     HFConfigError,
     _defaults,
@@ -262,24 +262,14 @@ def check_smollm3(config: ModelConfig) -> None:
             raise ValueError(f"{SMOLLM3}layer {i} is chunked (C), which smollm3 cannot express")
         if s.qk_norm:
             raise ValueError(f"{SMOLLM3}layer {i} uses QK-norm (Q), which smollm3 cannot express")
+        check_layer_options(i, s, SMOLLM3, "smollm3")
         if s.rope:
             opts = s.rope_options
-            if opts.scaling not in HF_SCALINGS:
-                raise ValueError(
-                    f"{SMOLLM3}layer {i} uses RoPE scaling {opts.scaling!r}, which transformers' rope_parameters cannot "
-                    f"express (exportable: {', '.join(HF_SCALINGS)})"
-                )
-            if opts.fraction != 1.0:
-                raise ValueError(f"{SMOLLM3}layer {i} uses partial RoPE (rope_fraction={opts.fraction}), which smollm3 cannot express")
-            if opts.qk_l2norm:
-                raise ValueError(f"{SMOLLM3}layer {i} uses a weightless L2 QK-norm (Llama 4), which smollm3 cannot express")
             if theta is not None and opts.theta != theta[1]:
                 raise ValueError(
                     f"{SMOLLM3}layers {theta[0]} and {i} use different RoPE thetas ({theta[1]:g}, {opts.theta:g}); smollm3 has one theta"
                 )
             theta = theta or (i, opts.theta)
-        elif s.nope_options.temperature != "none":
-            raise ValueError(f"{SMOLLM3}layer {i} scales NoPE queries by temperature {s.nope_options.temperature!r}, which smollm3 cannot express")
 
 
 def smollm3_config(
