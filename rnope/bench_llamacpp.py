@@ -161,7 +161,7 @@ def markdown(res: dict) -> str:
         return f"llama.cpp comparison skipped: {res['skipped']}"
     lines = [f"Prompt {res['prompt']} tokens, then {res['new_tokens']} decoded; tokens/s (prefill / decode).", ""]
     for shape, r in res["shapes"].items():
-        keys = [k for k in next(v for k, v in r.items() if k != "parameters")]
+        keys = list(next(v for k, v in r.items() if k != "parameters"))
         rows = [[t] + [f"{r[t][k]['prefill_tok_s']:.0f} / {r[t][k]['decode_tok_s']:.1f}" for k in keys] for t in r if t != "parameters"]
         lines += [f"{shape} ({r['parameters'] / 1e6:.1f}M parameters):", "", markdown_table(["threads"] + keys, rows), ""]
         same = [f"{t} thread(s) {r[t]['rnope_compiled_f16w']['same_tokens_as_fp32']:.0%}" for t in r

@@ -40,8 +40,8 @@ from .cache import HybridCache, LayerCache
 from .kernels import matvec_linear
 from .model import Context, Transformer
 
-__all__ = ["AUTO_COMPILE_TOKENS", "DECODE_WEIGHTS", "DECODE_WEIGHTS_MAX_BYTES", "check_decode_weights", "Decoder", "FusedLinear", "cache_length", "compile_available",
-           "decode_step", "fuse", "should_compile"]
+__all__ = ["AUTO_COMPILE_TOKENS", "DECODE_WEIGHTS", "DECODE_WEIGHTS_MAX_BYTES", "Decoder", "FusedLinear", "cache_length",
+           "check_decode_weights", "compile_available", "decode_step", "fuse", "should_compile"]
 
 
 class FusedLinear(nn.Module):
