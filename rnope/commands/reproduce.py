@@ -13,8 +13,9 @@ HELP = "train the paper's variants under one budget, evaluate and analyse them, 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="quick",
-                   help="quick (default; rope, nope, rnope-swa, swa x 2 seeds, ~13 min on a 2-core CPU), full (the "
-                        "paper's 7 models x 3 seeds, 1x-16x, 9 RULER tasks; ~2 h) or smoke (seconds; for tests)")
+                   help="quick (default; rope, nope, rnope-swa, swa x 2 seeds, ~13 min on a 2-core CPU), convert (quick's "
+                        "rope and rnope-swa, rope converted to rnope-swa and to DroPE, every --nope-scale; 1x-32x), full "
+                        "(the paper's 7 models x 3 seeds, 1x-16x, 9 RULER tasks; ~2 h) or smoke (seconds; for tests)")
     p.add_argument("--out", required=True, help="study directory (re-running resumes it)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per model (default: the profile's)")
     p.add_argument("--jobs", type=int, default=2, help="trainings run in parallel (CPU threads are split between them)")

@@ -23,6 +23,9 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
     from ..outputs import atomic_write_text, machine, safe_name
     from .runner import Study
 
+    from .conversions import check_profile
+
+    check_profile(profile)
     seeds = profile.seeds if seeds is None else seeds
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
@@ -42,7 +45,8 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
         _, _, meta = prepare_dataset("builtin", tok, study.out / "cache")
         study.train_all()
         evals = study.evaluate_all()
-        runs = [json.loads((study.out / "runs" / safe_name(n) / "DONE").read_text()) for _, _, n in study.run_names()]
+        runs = [json.loads((study.out / "runs" / safe_name(n) / "DONE").read_text())
+                for n in dict.fromkeys(r[3] for r in study.eval_rows())]
         setup = {
             "seeds": seeds,
             "minutes": study.active_seconds() / 60,  # wall time of all its invocations (resumes included, gaps not)
@@ -54,7 +58,11 @@ def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds:
             # every model scored on the same items (evaluations cached by an older rnope drew them per seed)
             "fixed_eval_items": all("eval_seeds" in e for e in evals.values()),
         }
-        results = build_results(profile, evals, setup)
+        models = {n for _, _, n in study.run_names()}
+        results = build_results(profile, {n: e for n, e in evals.items() if n in models}, setup)
+        extra = {n: e for n, e in evals.items() if n not in models}
+        if extra:  # conversions and NoPE-scaled rows: their own section (reproduce.conversions)
+            results["conversions"] = build_results(profile, extra, setup)["models"]
         atomic_write_text(study.out / "results.json", json.dumps(results, indent=1, default=str))
         figures(results, profile, study.out / "figures")
         report = study.out / "REPORT.md"

@@ -15,6 +15,11 @@ choice and what it was measured against):
    distractor-needle haystacks (``lookup_long``).
 3. ``long`` -- the paper's long-context stage: ``long_factor`` x longer sequences mixed 1:3 with
    short ones; the RoPE baselines raise theta as the paper did (10k -> 2M).
+
+A profile may add conversions (:class:`Conversion`, ``rnope.reproduce.conversions``): a trained
+model of the study converted to another layer pattern and trained on for ``convert_share`` of its
+tokens, and models scored with an inference-time NoPE scale (``nope_scales``). Those rows are
+evaluated exactly as the study's models are and reported in their own section.
 """
 
 from __future__ import annotations
@@ -34,6 +39,18 @@ class ModelSpec:
     preset: str
     model: dict = field(default_factory=dict)
     long_model: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A row made from a trained model of the study: ``parent`` converted (:func:`rnope.convert.convert`)
+    to the pattern of preset ``to`` -- or, with ``drop_pe``, to NoPE everywhere (DroPE) -- then trained
+    on (the ``adapt`` stage: the ``long`` stage's data, long sequences mixed 1:3 with short ones)."""
+
+    name: str
+    parent: str
+    to: str | None = None
+    drop_pe: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,11 +92,22 @@ class Profile:
     analysis_samples: int
     seeds: int
     models: tuple[ModelSpec, ...]
+    # conversions and inference-time NoPE scaling (rnope.reproduce.conversions); none by default
+    conversions: tuple[Conversion, ...] = ()
+    convert_share: float = 0.1  # a conversion trains on this share of its parent's tokens
+    convert_lr: float = 2e-3
+    nope_scales: tuple[tuple[str, str], ...] = ()  # (row, mode): row (a model or a conversion) scored with --nope-scale mode
 
     def hash(self) -> str:
         """Identity of a study: a directory holding another hash is a different study."""
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def convert_steps(self) -> int:
+        """Steps of a conversion's ``adapt`` stage, ``convert_share`` of the parent's tokens; the stage is shaped like
+        ``long`` (every step holds ``long_factor`` x the tokens of a short step)."""
+        step = self.batch_size * self.long_factor * self.seq_len
+        return max(1, int(self.convert_share * self.tokens_per_model()) // step)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,6 +151,11 @@ RELATIVES = (
     ModelSpec("rnope-swa-temp", "rnope-swa-temp"),
 )
 
+#: the conversions a study can add: the RoPE model made RNoPE-SWA, and DroPE (every layer NoPE)
+CONVERSIONS = (Conversion("rope-to-rnope-swa", "rope", to="rnope-swa"), Conversion("rope-drope", "rope", drop_pe=True))
+#: every --nope-scale mode on the hybrid, and DroPE's own inference-time scaling on the DroPE row
+NOPE_SCALES = (("rnope-swa", "llama4"), ("rnope-swa", "log"), ("rnope-swa", "fitted"), ("rope-drope", "fitted"))
+
 _NIAH_COLUMNS = ("heldout/essay", "passkey/noise", "heldout/noise")
 
 PROFILES: dict[str, Profile] = {
@@ -139,6 +172,15 @@ PROFILES: dict[str, Profile] = {
         models=CORE_MODELS,
     ),
 }
+
+# quick's rope and rnope-swa (the same recipe, seeds and so the same models), then the conversions: rope made
+# rnope-swa and rope made NoPE (DroPE), each trained on for 10 % of its parent's tokens, and rnope-swa / DroPE scored
+# with every inference-time NoPE scale; NIAH to 32x, where the scales act
+PROFILES["convert"] = dataclasses.replace(
+    PROFILES["quick"], name="convert", models=tuple(m for m in CORE_MODELS if m.name in ("rope", "rnope-swa")),
+    niah_factors=(1, 2, 4, 8, 16, 32), niah_columns=_NIAH_COLUMNS[:2], ppl_factors=(1, 4, 16, 32),
+    conversions=CONVERSIONS, nope_scales=NOPE_SCALES,
+)
 
 # every paper model x three seeds, training length 256, the long stage at 2x (so 8x and 16x lie 4x and 8x past any
 # trained position, as the paper's 256k lies 4x past its 64k stage), 1x-16x, nine RULER tasks: 118 min measured on a 2-core CPU.
@@ -167,6 +209,7 @@ PROFILES["smoke"] = Profile(
     ruler_tasks=("niah_single_1", "niah_multikey_1"), ruler_factors=(1, 2), ruler_samples=1,
     ppl_factors=(1, 2), analysis_factors=(1, 2), analysis_samples=1, seeds=1,
     models=(ModelSpec("rope", "rope", long_model=ROPE_LONG), ModelSpec("rnope-swa", "rnope-swa")),
+    conversions=CONVERSIONS, nope_scales=(("rnope-swa", "fitted"), ("rope-drope", "log")),
 )
 
 # On a GPU the full profile scales its model and budget up (same shape of study) and adds the relatives.

@@ -66,6 +66,9 @@ def build_results(profile, evals: dict[str, dict], setup: dict) -> dict[str, Any
                 vals = [r.get(key, {}).get(L) for r in rs]
                 m[key][L], m["spread"][key][L] = _agg(vals)
                 m["per_seed"][key][L] = vals
+        if rs[0].get("nope_scale"):  # a row scored with an inference-time NoPE scale (reproduce.conversions)
+            m["nope_scale"] = rs[0]["nope_scale"]["mode"]
+            m["nope_scale_c"] = [r["nope_scale"].get("c") for r in rs]
         m["kv_speed"] = rs[0]["kv_speed"]
         m["ruler_run"] = rs[0].get("ruler_run", {})
         if rs[0].get("ruler_skipped"):
@@ -228,6 +231,9 @@ def render(results: dict, profile) -> str:
               f"Every verdict reads `{profile.primary}`"
               + (f" and holds only if it holds in each of the {n_seeds} seeds" if n_seeds > 1 else "")
               + "; ✅ holds, ❌ does not, ⚠️ withheld or not informative.", ""] + verdicts(ms, profile)
+    from .conversions import section
+
+    lines += section(results, profile)
     return "\n".join(lines)
 
 

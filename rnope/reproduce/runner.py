@@ -118,7 +118,20 @@ class Study:
         self._write_marker(self.active_seconds())
 
     def run_names(self) -> list[tuple[ModelSpec, int, str]]:
-        return [(m, s, m.name if self.seeds == 1 else f"{m.name}#seed{s}") for m in self.p.models for s in range(self.seeds)]
+        return [(m, s, self.seed_name(m.name, s)) for m in self.p.models for s in range(self.seeds)]
+
+    def seed_name(self, row: str, seed: int) -> str:
+        return row if self.seeds == 1 else f"{row}#seed{seed}"
+
+    def eval_rows(self) -> list[tuple[ModelSpec, int, str, str, str | None]]:
+        """``(spec, seed, name, run, nope_scale)`` of every row the study scores: its models, then its
+        conversions and the rows scored with an inference-time NoPE scale (:mod:`.conversions`)."""
+        rows = [(m, s, n, n, None) for m, s, n in self.run_names()]
+        if self.p.conversions or self.p.nope_scales:
+            from .conversions import extra_rows
+
+            rows += extra_rows(self)
+        return rows
 
     # ---- tokenizer ----------------------------------------------------------------------------
     def tokenizer(self):
@@ -158,7 +171,9 @@ class Study:
             "eval_every": 0, "save_every": 500, "keep": 1, "stages": stages,
         }
 
-    def train_one(self, spec: ModelSpec, seed: int, name: str, threads: int) -> float:
+    def train_one(self, spec: ModelSpec, seed: int, name: str, threads: int, config=None) -> float:
+        """Train run ``name`` in a subprocess: ``spec``'s recipe (:meth:`run_config`), or ``config()`` --
+        a callable returning the run config, called only when the run is not done yet."""
         run_dir = self.out / "runs" / safe_name(name)
         done = run_dir / "DONE"
         if done.exists():
@@ -166,7 +181,7 @@ class Study:
             return 0.0
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         cfg = self.out / "runs" / f"{safe_name(name)}.yaml"
-        cfg.write_text(yaml.safe_dump(self.run_config(spec, seed), sort_keys=False))
+        cfg.write_text(yaml.safe_dump(self.run_config(spec, seed) if config is None else config(), sort_keys=False))
         cmd = [sys.executable, "-m", "rnope", "train", "--config", str(cfg), "--out", str(run_dir)]
         if (run_dir / "checkpoints").exists():
             cmd.append("--resume")
@@ -206,16 +221,25 @@ class Study:
                 proc.kill()
 
     def train_all(self) -> None:
-        todo = [(m, s, n) for m, s, n in self.run_names() if not (self.out / "runs" / safe_name(n) / "DONE").exists()]
+        """Train every model of the profile, then every conversion (from its trained parent)."""
+        self._train_many([(m, s, n, None) for m, s, n in self.run_names()], "model(s)")
+        if self.p.conversions:
+            from .conversions import conversion_jobs
+
+            self._train_many(conversion_jobs(self), "conversion(s)")
+
+    def _train_many(self, runs: list, what: str) -> None:
+        """Train ``runs`` ((spec, seed, name, config or None), see :meth:`train_one`) not done yet, ``jobs`` at a time."""
+        todo = [r for r in runs if not (self.out / "runs" / safe_name(r[2]) / "DONE").exists()]
         if not todo:
             return
         jobs = max(1, min(self.jobs, len(todo)))
         cores = os.cpu_count() or 2
-        self.say(f"training {len(todo)} model(s), {jobs} at a time, {max(1, cores // jobs)} thread(s) each")
+        self.say(f"training {len(todo)} {what}, {jobs} at a time, {max(1, cores // jobs)} thread(s) each")
         finished, done_secs = 0, []
         with ThreadPoolExecutor(jobs) as pool:  # starts its tasks in submission order
-            futures = {pool.submit(self.train_one, m, s, n, launch_threads(i, len(todo), jobs, cores)): n
-                       for i, (m, s, n) in enumerate(todo)}
+            futures = {pool.submit(self.train_one, m, s, n, launch_threads(i, len(todo), jobs, cores), c): n
+                       for i, (m, s, n, c) in enumerate(todo)}
             for fut in futures:
                 try:
                     secs = fut.result()
@@ -228,7 +252,10 @@ class Study:
                 self.say(f"trained {futures[fut]} ({secs:.0f} s); {finished}/{len(todo)} done, training ETA {eta / 60:.1f} min")
 
     # ---- evaluation ---------------------------------------------------------------------------
-    def evaluate_one(self, spec: ModelSpec, seed: int, name: str, threads: int | None = None) -> dict[str, Any]:
+    def evaluate_one(self, spec: ModelSpec, seed: int, name: str, threads: int | None = None, run: str | None = None,
+                     nope_scale: str | None = None) -> dict[str, Any]:
+        """Score row ``name``: the trained run ``run`` (default: ``name``), its NoPE layers scaled by
+        ``nope_scale`` (:func:`.conversions.scale_model`) when given."""
         path = self.out / "evals" / f"{safe_name(name)}.json"
         if path.exists():
             doc = json.loads(path.read_text())
@@ -244,14 +271,19 @@ class Study:
 
         torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
         p, L = self.p, self.p.seq_len
-        run_dir = self.out / "runs" / safe_name(name)
+        run_dir = self.out / "runs" / safe_name(run or name)
         pred = load_predictor(str(run_dir), name=name, device=self.device, batch_size=4)
         pred.train_seq_len = L  # the pre-training length: NIAH "beyond training length" is measured from it
         model, tok = pred.model, pred.tokenizer
         fig_dir = self.out / "figures"
         self.check_stamp(str(run_dir / "DONE"), json.loads((run_dir / "DONE").read_text()))
         res: dict[str, Any] = {**self.stamp(), "train_seq_len": L, "seed": seed, "eval_seeds": EVAL_SEEDS, "preset": spec.preset,
-                               "parameters": model.num_params(), "config": model.config.to_dict()}
+                               "parameters": model.num_params()}
+        if nope_scale is not None:
+            from .conversions import scale_model
+
+            res["nope_scale"] = scale_model(model, tok, nope_scale, p.long_factor * L)
+        res["config"] = model.config.to_dict()
         res["val_loss"] = validation_loss(model, self.out / "cache", tok, L)
         lengths = [f * L for f in p.niah_factors]
         res["niah"], res["niah_cells"] = {}, {}
@@ -298,17 +330,17 @@ class Study:
         with an even share of the cores each: tiny models run faster on one thread apiece."""
         import multiprocessing
 
-        names = self.run_names()
-        todo = [(m, s, n) for m, s, n in names if not (self.out / "evals" / f"{safe_name(n)}.json").exists()]
+        rows = self.eval_rows()
+        todo = [r for r in rows if not (self.out / "evals" / f"{safe_name(r[2])}.json").exists()]
         jobs = max(1, min(self.jobs, len(todo)))
         threads = max(1, (os.cpu_count() or 1) // jobs)
         if todo:
             self.say(f"evaluating {len(todo)} model(s), {jobs} at a time, {threads} thread(s) each")
         done = 0
         if jobs == 1:
-            for m, s, n in todo:
+            for m, s, n, run, scale in todo:
                 t = time.time()
-                self.evaluate_one(m, s, n, threads=threads)
+                self.evaluate_one(m, s, n, threads=threads, run=run, nope_scale=scale)
                 done += 1
                 self.say(f"evaluated {n} ({time.time() - t:.0f} s); {done}/{len(todo)}")
         else:
@@ -316,7 +348,8 @@ class Study:
             pool = ctx.Pool(jobs)
             try:
                 pending = {n: pool.apply_async(_evaluate_in_worker, (self.p, str(self.out), self.seeds, self.device, m, s, n,
-                                                                     threads, self.code)) for m, s, n in todo}
+                                                                     threads, self.code, run, scale))
+                           for m, s, n, run, scale in todo}
                 for n, res in pending.items():
                     secs = res.get()
                     done += 1
@@ -328,7 +361,7 @@ class Study:
             finally:
                 pool.join()
         docs = {}
-        for _, _, n in names:
+        for _, _, n, _, _ in rows:
             path = self.out / "evals" / f"{safe_name(n)}.json"
             docs[n] = json.loads(path.read_text())
             self.check_stamp(str(path), docs[n])
@@ -336,11 +369,11 @@ class Study:
 
 
 def _evaluate_in_worker(profile: Profile, out: str, seeds: int, device: str, spec: ModelSpec, seed: int, name: str,
-                        threads: int, code: dict) -> float:
+                        threads: int, code: dict, run: str, nope_scale: str | None) -> float:
     t = time.time()
     study = Study(profile, Path(out), jobs=1, seeds=seeds, device=device, progress=False)
     study.code = code
-    study.evaluate_one(spec, seed, name, threads=threads)
+    study.evaluate_one(spec, seed, name, threads=threads, run=run, nope_scale=nope_scale)
     return time.time() - t
 
 

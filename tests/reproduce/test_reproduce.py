@@ -13,14 +13,6 @@ from ..figcheck import SCIENTIFIC, captured_figures, tick_labels, unreadable
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    out = tmp_path_factory.mktemp("study") / "s"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    assert main(["reproduce", "--profile", "smoke", "--out", str(out), "--jobs", "1"]) == 0
-    return out
-
-
 def test_results_schema_and_report_sections(study):
     res = json.loads((study / "results.json").read_text())
     assert res["profile"] == "smoke" and set(res["models"]) == {"rope", "rnope-swa"}
@@ -83,7 +75,7 @@ def test_other_study_and_unknown_profile_refused(study, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"rnope: error: --out '{study}' holds a different study (config hash ") and err.count("\n") == 0
     assert main(["reproduce", "--profile", "medium", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == "rnope: error: unknown profile 'medium' (known: quick, full, smoke)"
+    assert capsys.readouterr().err.strip() == "rnope: error: unknown profile 'medium' (known: quick, convert, full, smoke)"
     assert not (tmp_path / "x").exists()
 
 
