@@ -153,19 +153,22 @@ RELATIVES = (
 
 #: the conversions a study can add: the RoPE model made RNoPE-SWA, and DroPE (every layer NoPE)
 CONVERSIONS = (Conversion("rope-to-rnope-swa", "rope", to="rnope-swa"), Conversion("rope-drope", "rope", drop_pe=True))
-#: every --nope-scale mode on the hybrid, and DroPE's own inference-time scaling on the DroPE row
-NOPE_SCALES = (("rnope-swa", "llama4"), ("rnope-swa", "log"), ("rnope-swa", "fitted"), ("rope-drope", "fitted"))
+#: every --nope-scale mode on the hybrid; the fitted scale on the converted hybrid (conversion plus log scaling, as
+#: SWAN-GPT does) and on the DroPE row (DroPE's own inference-time scaling)
+NOPE_SCALES = (("rnope-swa", "llama4"), ("rnope-swa", "log"), ("rnope-swa", "fitted"), ("rope-to-rnope-swa", "fitted"),
+               ("rope-drope", "fitted"))
 
 _NIAH_COLUMNS = ("heldout/essay", "passkey/noise", "heldout/noise")
 
 PROFILES: dict[str, Profile] = {
-    # four models x two seeds in about 15 minutes on a 2-core CPU: d_model 64, training length 128
+    # four models x two seeds in about 15 minutes on a 2-core CPU: d_model 64, training length 128; NIAH to 16x, 4x past
+    # the long stage (4x), where the paper read its length failures (its 256k against a 64k stage)
     "quick": Profile(
         name="quick", d_model=64, n_layer=4, n_head=4, n_kv_head=2, d_ff=192, window=64, vocab_size=1024,
         seq_len=128, batch_size=8, lr=1e-2, near_steps=3600, near_seq_len=64,
         mix_steps=1000, mix_lr=5e-3, mix_synthetic_ratio=0.75, init_std=0.05,
         long_steps=40, long_factor=4, long_lr=1e-3, long_synthetic_ratio=0.75, mix_kinds=MIX_KINDS,
-        niah_factors=(1, 2, 4, 8), niah_depths=(0.0, 25.0, 50.0, 75.0, 100.0), niah_samples=10,
+        niah_factors=(1, 2, 4, 8, 16), niah_depths=(0.0, 25.0, 50.0, 75.0, 100.0), niah_samples=10,
         niah_columns=_NIAH_COLUMNS,
         ruler_tasks=("niah_single_2", "niah_multikey_1", "vt"), ruler_factors=(4, 8), ruler_samples=50,
         ppl_factors=(1, 2, 4, 8), analysis_factors=(1, 8), analysis_samples=2, seeds=2,

@@ -6,7 +6,7 @@ import math
 import statistics
 from typing import Any
 
-from ..outputs import markdown_table
+from ..outputs import markdown_table, safe_name
 
 # the paper's §3 (arXiv 2501.18795; 8B models, as reported there)
 PAPER_VAL = {"rope": 1.52, "qknorm": 1.53, "nope": 1.58}
@@ -169,7 +169,8 @@ def render(results: dict, profile) -> str:
                                  [[n, *(_seeds(m["per_seed"]["niah"].get(profile.primary, {}).get(x, [])) for x in lengths)]
                                   for n, m in ms.items()])]
     multi = n_seeds > 1
-    lines += [""] + [f"![NIAH {n}{' (seed 0)' if multi else ''}](figures/niah_{n}{'%23seed0' if multi else ''}.png)"
+    # the heat maps' files are named by the run's safe name (rnope-swa#seed0 -> niah_rnope-swa_seed0.png)
+    lines += [""] + [f"![NIAH {n}{' (seed 0)' if multi else ''}](figures/niah_{safe_name(n + ('#seed0' if multi else ''))}.png)"
                      for n in ("rope", "nope", "rnope-swa", "swa") if n in ms] + [""]
     # ---- Table 2 analogue
     rows = []

@@ -50,6 +50,8 @@ def test_results_schema_and_report_sections(study):
     assert "- 256 tokens (1×): niah_single_1." in report and "| rope | " in report.split("## RULER")[1]
     for fig in ("ppl.png", "segments.png", "niah_rope.png", "niah_rnope-swa.png"):
         assert (study / "figures" / fig).stat().st_size > 1000
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)  # every figure the report shows is a file the study wrote
+    assert len(links) == 4 and all((study / link).is_file() for link in links), links
 
 
 def test_rerun_resumes_without_retraining(study):
@@ -116,33 +118,35 @@ def test_verdicts_gate_length_claims_and_hold_only_in_every_seed():
     from rnope.reproduce.profiles import get_profile
     from rnope.reproduce.report import verdicts
 
-    prof = get_profile("quick")  # factors 1, 2, 4, 8; the long stage at 4x: 8x is "beyond"
-    assert prof.niah_factors == (1, 2, 4, 8) and prof.long_factor == 4 and prof.seq_len == 128
-    ms = {"rope": _model("rope", [[0.9, 0.9, 0.8, 0.1], [0.8, 0.9, 0.7, 0.0]], [4.2, 4.3], prof),
-          "nope": _model("nope", [[0.3, 0.1, 0.0, 0.0], [0.5, 0.2, 0.0, 0.0]], [4.5, 4.5], prof),
-          "rnope-swa": _model("rnope-swa", [[1.0, 1.0, 0.95, 0.95], [1.0, 1.0, 0.9, 0.85]], [4.25, 4.3], prof)}
+    prof = get_profile("quick")  # factors 1-16; the long stage at 4x: 8x and 16x are "beyond", failures read at 16x
+    assert prof.niah_factors == (1, 2, 4, 8, 16) and prof.long_factor == 4 and prof.seq_len == 128
+    ms = {"rope": _model("rope", [[0.9, 0.9, 0.8, 0.3, 0.1], [0.8, 0.9, 0.7, 0.2, 0.0]], [4.2, 4.3], prof),
+          "nope": _model("nope", [[0.3, 0.1, 0.0, 0.0, 0.0], [0.5, 0.2, 0.0, 0.0, 0.0]], [4.5, 4.5], prof),
+          "rnope-swa": _model("rnope-swa", [[1.0, 1.0, 0.95, 0.95, 0.9], [1.0, 1.0, 0.9, 0.85, 0.9]], [4.25, 4.3], prof)}
     out = verdicts(ms, prof)
     assert "- ✅ rope retrieves at 1× (128 tokens): 0.85 (seeds 0.90 / 0.80) (gate: mean ≥ 0.8)." in out
     assert ("- ❌ nope does not retrieve at 1× (128 tokens): 0.40 (seeds 0.30 / 0.50) (gate: mean ≥ 0.8); its scores past "
             "the training length say nothing about length, and no length verdict is drawn for it.") in out
     assert ("- ✅ rnope-swa keeps retrieving at 8× the training length, past the long stage's 4×: 0.90 (seeds 0.95 / 0.85) "
             "(target: mean ≥ 0.9, every seed ≥ 0.8).") in out
-    assert ("- ✅ rope fails beyond its training length: 0.05 (seeds 0.10 / 0.00) at 8×, past the long stage's 4× "
+    assert ("- ✅ rnope-swa keeps retrieving at 16× the training length, past the long stage's 4×: 0.90 (seeds 0.90 / 0.90) "
+            "(target: mean ≥ 0.9, every seed ≥ 0.8).") in out
+    assert ("- ✅ rope fails beyond its training length: 0.05 (seeds 0.10 / 0.00) at 16×, past the long stage's 4× "
             "(target: < 0.2 in every seed).") in out
     assert "- ⚠️ \"nope fails beyond its training length\" is withheld: nope does not retrieve at 1×." in out
     assert "- ❌ rnope-swa val loss 4.275 vs rope 4.250 (+0.6%; target: within 2% in every seed)." not in out
     assert "- ✅ rnope-swa val loss 4.275 vs rope 4.250 (+0.6%; target: within 2% in every seed)." in out
     # one seed breaks a claim: it is not made
-    ms["rope"] = _model("rope", [[0.9, 0.9, 0.8, 0.1], [0.8, 0.9, 0.7, 0.3]], [4.2, 4.0], prof)
-    ms["rnope-swa"] = _model("rnope-swa", [[1.0, 1.0, 0.95, 1.0], [1.0, 1.0, 0.9, 0.75]], [4.25, 4.3], prof)
+    ms["rope"] = _model("rope", [[0.9, 0.9, 0.8, 0.3, 0.1], [0.8, 0.9, 0.7, 0.3, 0.3]], [4.2, 4.0], prof)
+    ms["rnope-swa"] = _model("rnope-swa", [[1.0, 1.0, 0.95, 1.0, 1.0], [1.0, 1.0, 0.9, 0.75, 0.9]], [4.25, 4.3], prof)
     out = verdicts(ms, prof)
     assert ("- ❌ rnope-swa keeps retrieving at 8× the training length, past the long stage's 4×: 0.88 (seeds 1.00 / 0.75) "
             "(target: mean ≥ 0.9, every seed ≥ 0.8).") in out
-    assert ("- ❌ rope fails beyond its training length: 0.20 (seeds 0.10 / 0.30) at 8×, past the long stage's 4× "
+    assert ("- ❌ rope fails beyond its training length: 0.20 (seeds 0.10 / 0.30) at 16×, past the long stage's 4× "
             "(target: < 0.2 in every seed).") in out
     assert "- ❌ rnope-swa val loss 4.275 vs rope 4.100 (+4.3%; target: within 2% in every seed)." in out
     # a hybrid that does not retrieve at 1x gets no length verdict either
-    ms["rnope-swa"] = _model("rnope-swa", [[0.5, 1.0, 0.95, 1.0], [0.6, 1.0, 0.9, 0.95]], [4.25, 4.3], prof)
+    ms["rnope-swa"] = _model("rnope-swa", [[0.5, 1.0, 0.95, 1.0, 1.0], [0.6, 1.0, 0.9, 0.95, 0.9]], [4.25, 4.3], prof)
     assert "- ⚠️ rnope-swa at 8×: 0.97 (seeds 1.00 / 0.95), withheld: it does not retrieve at 1×." in verdicts(ms, prof)
 
 
@@ -187,7 +191,7 @@ def test_seeds_are_aggregated_into_mean_and_spread_in_every_table():
     assert m["spread"]["entropy"]["256"] == pytest.approx(1 / 2**0.5)
     report = render(res, prof)
     assert "mean ± sample standard deviation over the 2 seeds" in report
-    assert "![NIAH rnope-swa (seed 0)](figures/niah_rnope-swa%23seed0.png)" in report  # the file niah_rnope-swa#seed0.png
+    assert "![NIAH rnope-swa (seed 0)](figures/niah_rnope-swa_seed0.png)" in report  # the file the evaluation writes
     assert "| rnope-swa | 1.00 | 0.55 ± 0.07 |" in report  # each NIAH column
     assert "| rnope-swa | 1.00 / 1.00 | 0.50 / 0.60 |" in report  # per seed, primary column
     assert "| rnope-swa | 4.050 ± 0.071 | – | 1.00 | 0.55 ± 0.07 | – |" in report  # Table 2
