@@ -17,11 +17,11 @@ from typing import Any
 
 from ..outputs import markdown_table, safe_name
 from .profiles import ModelSpec, Profile
+from .report import _EPS, _f, _pm, _seeds
 
 __all__ = ["check_profile", "conversion_jobs", "extra_rows", "scale_model", "section"]
 
 SCALE_MODES = ("none", "llama4", "log", "fitted")
-_EPS = 1e-9
 
 
 def check_profile(p: Profile) -> None:
@@ -128,16 +128,8 @@ def scale_model(model, tokenizer, mode: str, train_len: int) -> dict[str, Any]:
 
 
 # ---- the report ---------------------------------------------------------------------------------
-def _fmt(x, d=2) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
-
-
-def _pm(x, s, d=2) -> str:
-    return _fmt(x, d) if s is None or (isinstance(s, float) and (math.isnan(s) or s == 0.0)) else f"{_fmt(x, d)} ± {_fmt(s, d)}"
-
-
-def _seeds(vals) -> str:
-    return " / ".join(_fmt(v) for v in vals)
+def _fmt(x) -> str:
+    return _f(x, 2)
 
 
 def section(results: dict, profile: Profile) -> list[str]:
@@ -174,7 +166,7 @@ def section(results: dict, profile: Profile) -> list[str]:
         m = allm[n]
         p1 = m.get("ppl", {}).get(str(L))
         table.append([n, _pm(m["val_loss"], m["spread"]["val_loss"], 3), _pm(p1, m["spread"].get("ppl", {}).get(str(L)), 2),
-                      *(_pm(m["niah"].get(col, {}).get(x), m["spread"]["niah"].get(col, {}).get(x)) for x in lengths)])
+                      *(_pm(m["niah"].get(col, {}).get(x), m["spread"]["niah"].get(col, {}).get(x), 2) for x in lengths)])
     out += ["", f"`{col}`, {profile.niah_samples * len(profile.niah_depths)} items per length; "
             f"perplexity at 1× ({L} tokens) as in the perplexity table:", "",
             markdown_table(["row", f"val loss @ {L}", "ppl 1×", *(f"{f}×" for f in facs)], table)]
