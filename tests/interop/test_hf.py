@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from functools import partial
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from rnope.interop import export, import_hf, load_hf  # noqa: E402
 from rnope.tokenizer import Tokenizer  # noqa: E402
 
 from ..conftest import sharp_random_model  # noqa: E402
+from .hfcheck import hf_greedy, hf_model, leftovers, max_logit_delta, prompt_ids  # noqa: E402
 
 W = 8
 SHAPE = dict(vocab_size=259, n_layer=4, d_model=64, n_head=4, n_kv_head=2, d_ff=128, max_seq_len=256, window=W, logit_scale=0.5)
@@ -31,18 +33,7 @@ def random_model(preset: str, seed: int = 0, **overrides) -> Transformer:
     return sharp_random_model(preset, SHAPE, seed, **overrides)
 
 
-def hf_model(d, impl="eager"):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(d, attn_implementation=impl, dtype=torch.float32).eval()
-
-
-def prompt_ids(n: int, seed: int = 1, batch: int = 1) -> torch.Tensor:
-    return torch.randint(3, 259, (batch, n), generator=torch.Generator().manual_seed(seed))
-
-
-def leftovers(parent, name):
-    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.tmp")]
+prompt_ids = partial(prompt_ids, vocab=259)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,11 +57,7 @@ def test_export_logits_match_transformers(exported, preset):
     assert meta["model_type"] == ("cohere" if preset in ("rope", "qknorm") else "cohere2")
     x = prompt_ids(4 * W + 3, batch=2)  # > 3 windows
     ours = model(x)
-    worst = 0.0
-    for impl in ("eager", "sdpa"):
-        hf = hf_model(d, impl)
-        assert type(hf).__name__ == ("CohereForCausalLM" if meta["model_type"] == "cohere" else "Cohere2ForCausalLM")
-        worst = max(worst, (hf(x).logits - ours).abs().max().item())
+    worst = max_logit_delta(d, x, ours, "CohereForCausalLM" if meta["model_type"] == "cohere" else "Cohere2ForCausalLM")
     MAX_DELTA[preset] = worst
     print(f"\n{preset}: max |Δ logits| vs transformers (eager, sdpa) = {worst:.2e}")
     assert worst <= TOL
@@ -78,15 +65,10 @@ def test_export_logits_match_transformers(exported, preset):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_export_greedy_generate_matches_transformers(exported, preset):
-    from transformers import GenerationConfig
-
     model, d = exported[preset]
     prompt = prompt_ids(3 * W + 2, seed=2)[0].tolist()
     ours = generate(model, [prompt], 64)[0]
-    hf = hf_model(d, "sdpa")
-    cfg = GenerationConfig(max_new_tokens=64, do_sample=False, eos_token_id=None, pad_token_id=0)
-    with torch.no_grad():
-        theirs = hf.generate(torch.tensor([prompt]), generation_config=cfg)[0, len(prompt) :].tolist()
+    theirs = hf_greedy(hf_model(d, "sdpa"), prompt, 64)
     assert len(theirs) == 64 and theirs == ours
 
 

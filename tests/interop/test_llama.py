@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from functools import partial
 
 import pytest
 import torch
@@ -21,6 +22,7 @@ from rnope.interop import export, import_hf, load_hf  # noqa: E402
 from rnope.tokenizer import Tokenizer  # noqa: E402
 
 from ..conftest import sharp_random_model  # noqa: E402
+from .hfcheck import hf_greedy, hf_model, leftovers, max_logit_delta, prompt_ids  # noqa: E402
 
 W = 8  # every sliding window here; prompts are longer than 3 windows
 VOCAB = 300
@@ -66,22 +68,8 @@ def build_hf(family: str, d, **changes):
     return d
 
 
-def hf_model(d, impl="eager"):
-    return transformers.AutoModelForCausalLM.from_pretrained(d, attn_implementation=impl, dtype=torch.float32).eval()
-
-
-def prompt_ids(n: int, seed: int = 1, batch: int = 1) -> torch.Tensor:
-    return torch.randint(3, VOCAB, (batch, n), generator=torch.Generator().manual_seed(seed))
-
-
-def hf_greedy(hf, prompt: list[int], n: int = GREEDY) -> list[int]:
-    cfg = transformers.GenerationConfig(max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
-    with torch.no_grad():
-        return hf.generate(torch.tensor([prompt]), generation_config=cfg)[0, len(prompt):].tolist()
-
-
-def leftovers(parent, name):
-    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.tmp")]
+prompt_ids = partial(prompt_ids, vocab=VOCAB)
+hf_greedy = partial(hf_greedy, n=GREEDY)
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +104,7 @@ def test_import_logits_match_transformers(hf_dirs, family):
     model, _ = load_hf(hf_dirs[family], log=None)
     x = prompt_ids(4 * W + 3, batch=2)  # > 4 windows
     ours = model(x)
-    worst = 0.0
-    for impl in ("eager", "sdpa"):
-        worst = max(worst, (hf_model(hf_dirs[family], impl)(x).logits - ours).abs().max().item())
+    worst = max_logit_delta(hf_dirs[family], x, ours)
     MEASURED[f"import {family}"] = worst
     print(f"\nimport {family}: max |Δ logits| vs transformers (eager, sdpa) = {worst:.2e}")
     assert worst <= TOL
@@ -230,11 +216,7 @@ def test_export_smollm3_logits_match_transformers(exported, name):
     model, d = exported[name]
     x = prompt_ids(4 * W + 3, batch=2)
     ours = model(x)
-    worst = 0.0
-    for impl in ("eager", "sdpa"):
-        hf = hf_model(d, impl)
-        assert type(hf).__name__ == "SmolLM3ForCausalLM"
-        worst = max(worst, (hf(x).logits - ours).abs().max().item())
+    worst = max_logit_delta(d, x, ours, "SmolLM3ForCausalLM")
     MEASURED[f"export {name}"] = worst
     print(f"\nexport {name}: max |Δ logits| vs transformers smollm3 (eager, sdpa) = {worst:.2e}")
     assert worst <= TOL
