@@ -191,7 +191,7 @@ PROFILES["convert"] = dataclasses.replace(
 PROFILES["full"] = Profile(
     name="full", d_model=64, n_layer=4, n_head=4, n_kv_head=2, d_ff=192, window=64, vocab_size=1024,
     seq_len=256, batch_size=8, lr=1e-2, near_steps=4000, near_seq_len=64,
-    mix_steps=2500, mix_lr=5e-3, mix_synthetic_ratio=0.75, init_std=0.05,
+    mix_steps=4000, mix_lr=5e-3, mix_synthetic_ratio=0.75, init_std=0.05,
     long_steps=150, long_factor=2, long_lr=1e-3, long_synthetic_ratio=0.75, mix_kinds=MIX_KINDS + RULER_TRAIN_KINDS,
     niah_factors=(1, 2, 4, 8, 16), niah_depths=(0.0, 25.0, 50.0, 75.0, 100.0), niah_samples=10,
     niah_columns=_NIAH_COLUMNS[:2],
