@@ -186,7 +186,7 @@ PROFILES["convert"] = dataclasses.replace(
 )
 
 # every paper model x three seeds, training length 256, the long stage at 2x (so 8x and 16x lie 4x and 8x past any
-# trained position, as the paper's 256k lies 4x past its 64k stage), 1x-16x, nine RULER tasks: 118 min measured on a 2-core CPU.
+# trained position, as the paper's 256k lies 4x past its 64k stage), 1x-16x, nine RULER tasks: 160 min measured on a 2-core CPU.
 # On a GPU it scales up and adds the relatives (GPU_FULL)
 PROFILES["full"] = Profile(
     name="full", d_model=64, n_layer=4, n_head=4, n_kv_head=2, d_ff=192, window=64, vocab_size=1024,
