@@ -175,7 +175,6 @@ def finish_mfu(train: dict, peak: float) -> None:
             r["mfu"] = r["gflop_per_s"] * 1e9 / peak
 
 
-
 # ---------------------------------------------------------------------------------------------- run
 def targets(res: dict) -> list[dict]:
     rows = []
