@@ -10,7 +10,9 @@ Two kinds are built here:
 * :meth:`Tokenizer.byte_level` -- no training; ids ``0, 1, 2`` are ``<pad>, <bos>, <eos>`` and
   byte ``b`` has id ``3 + b`` (``vocab_size == 259``).
 * :meth:`Tokenizer.train_bpe` -- byte-level BPE (GPT-2 style pre-tokenization) with the same
-  three specials at ids ``0, 1, 2``.
+  three specials at ids ``0, 1, 2``. With ``digit_pairs=True`` no token mixes digits with other
+  characters and every two-digit string is one token, so a number is split the same way wherever
+  it stands (after a space, a colon or a newline) and in about half as many tokens as digits.
 
 Any ``tokenizer.json`` that defines the three specials can be loaded with :meth:`Tokenizer.load`.
 """
@@ -42,6 +44,33 @@ def _byte_level_parts() -> tuple[pre_tokenizers.ByteLevel, decoders.ByteLevel]:
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=True),
         decoders.ByteLevel(),
     )
+
+
+_DIGITS = "0123456789"
+_DIGIT_PAIRS = len(_DIGITS) ** 2
+
+
+def _with_digit_pairs(tokenizer_json: str) -> str:
+    """A trained BPE's ``tokenizer.json`` with its digit-holding tokens and merges replaced by the 100
+    digit pairs, merged first (ids right after the byte alphabet); other ids keep their order.
+
+    Dropping every token that holds a digit keeps the merge list closed: a merge's two parts are
+    substrings of its result, so a kept merge never needs a dropped token. Byte-level BPE writes the
+    ASCII digits as themselves, and no other byte maps to them."""
+    import json
+
+    spec = json.loads(tokenizer_json)
+    model = spec["model"]
+    has_digit = lambda tok: any(c in _DIGITS for c in tok)  # noqa: E731
+    base = _BYTE_LEVEL_VOCAB  # the specials and the byte alphabet: ids 0..258, untouched
+    by_id = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+    head = [tok for tok, i in by_id if i < base]
+    learned = [tok for tok, i in by_id if i >= base and not has_digit(tok)]
+    pairs = [a + b for a in _DIGITS for b in _DIGITS]
+    model["vocab"] = {tok: i for i, tok in enumerate(head + pairs + learned)}
+    merges = [m if isinstance(m, list) else m.split(" ") for m in model["merges"]]
+    model["merges"] = [[a, b] for a in _DIGITS for b in _DIGITS] + [m for m in merges if not has_digit(m[0] + m[1])]
+    return json.dumps(spec)
 
 
 def _byte_to_unicode() -> dict[int, str]:
@@ -118,15 +147,25 @@ class Tokenizer:
         return cls(hf, source="<byte_level>")
 
     @classmethod
-    def train_bpe(cls, texts: Iterable[str], vocab_size: int, *, show_progress: bool = False) -> Tokenizer:
+    def train_bpe(cls, texts: Iterable[str], vocab_size: int, *, show_progress: bool = False,
+                  digit_pairs: bool = False) -> Tokenizer:
         """Train a byte-level BPE tokenizer with at most ``vocab_size`` tokens (specials included).
 
-        Raises ``ValueError`` if ``vocab_size`` leaves no room for a merge (< 260) or ``texts`` is empty.
+        ``digit_pairs``: drop every learned token that holds a digit and add the 100 two-digit tokens
+        ``"00"``-``"99"`` as the first merges. A run of digits then becomes pairs (and at most a few
+        single digits) whatever precedes it, instead of BPE's frequency-driven pieces such as ``" 2"``,
+        ``"00"`` and ``"200"``: a value is copied in fewer, context-free tokens. The result still is
+        plain byte-level BPE with GPT-2's pre-tokenizer (what llama.cpp's ``gpt-2`` vocabulary runs).
+
+        Raises ``ValueError`` if ``vocab_size`` leaves no room for a merge (< 260, or < 360 with
+        ``digit_pairs``) or ``texts`` is empty.
         """
-        if not isinstance(vocab_size, int) or vocab_size < _BYTE_LEVEL_VOCAB + 1:
+        least = _BYTE_LEVEL_VOCAB + 1 + (_DIGIT_PAIRS if digit_pairs else 0)
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < least:
+            what = f" + {_DIGIT_PAIRS} digit pairs" if digit_pairs else ""
             raise ValueError(
-                f"train_bpe: vocab_size must be at least {_BYTE_LEVEL_VOCAB + 1} "
-                f"({len(SPECIAL_TOKENS)} specials + {N_BYTES} bytes + 1 merge), got {vocab_size!r}"
+                f"train_bpe: vocab_size must be at least {least} "
+                f"({len(SPECIAL_TOKENS)} specials + {N_BYTES} bytes{what} + 1 merge), got {vocab_size!r}"
             )
         if isinstance(texts, str):
             raise TypeError("train_bpe: texts must be an iterable of strings, not a single string")
@@ -144,13 +183,15 @@ class Tokenizer:
         hf = _HFTokenizer(models.BPE())
         hf.pre_tokenizer, hf.decoder = _byte_level_parts()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
+            vocab_size=vocab_size - (_DIGIT_PAIRS if digit_pairs else 0),
             min_frequency=0,
             show_progress=show_progress,
             special_tokens=list(SPECIAL_TOKENS),
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
         hf.train_from_iterator(checked(), trainer=trainer)
+        if digit_pairs:
+            hf = _HFTokenizer.from_str(_with_digit_pairs(hf.to_str()))
         return cls(hf, source="<train_bpe>")
 
     @classmethod

@@ -182,6 +182,7 @@ CASES = [
     ("tok-corpus-not-utf8", ["tokenizer", "train", "--vocab-size", "300", "--data", "{ws}/bad.txt", "--out", "{out}"], ["bad.txt' is not valid UTF-8 (byte 0xff at offset 0)"], None),
     ("tok-jsonl-no-text-field", ["tokenizer", "train", "--vocab-size", "300", "--data", "{ws}/notext.jsonl", "--out", "{out}"], ["notext.jsonl line 1: no field 'text'"], None),
     ("tok-vocab-not-int", ["tokenizer", "train", "--vocab-size", "x", "--out", "{out}"], ["--vocab-size: 'x' is not a valid integer"], None),
+    ("tok-digit-pairs-small-vocab", ["tokenizer", "train", "--vocab-size", "300", "--digit-pairs", "--out", "{out}"], ["--vocab-size must be >= 360 with --digit-pairs (3 specials + 256 bytes + 100 digit pairs + 1 merge), got 300"], None),
     ("tok-max-chars-0", ["tokenizer", "train", "--vocab-size", "300", "--max-chars", "0", "--out", "{out}"], ["--max-chars must be >= 1, got 0"], None),
     ("tok-val-fraction-nan", ["tokenizer", "train", "--vocab-size", "300", "--val-fraction", "x", "--out", "{out}"], ["--val-fraction: 'x' is not a number"], None),
     ("tok-val-fraction-1", ["tokenizer", "train", "--vocab-size", "300", "--val-fraction", "1", "--out", "{out}"], ["--val-fraction must be in [0, 1), got 1"], None),

@@ -125,6 +125,45 @@ def test_train_bpe_errors() -> None:
         Tokenizer.train_bpe(iter(()), 400)
 
 
+@functools.lru_cache(maxsize=1)
+def digit_bpe() -> Tokenizer:
+    return Tokenizer.train_bpe([SAMPLE_TEXT[i : i + 300] for i in range(0, len(SAMPLE_TEXT), 300)], 480, digit_pairs=True)
+
+
+def test_digit_pairs_vocabulary() -> None:
+    """Every two-digit string is one token at ids 259-358, merged first; no other token holds a digit."""
+    tok = digit_bpe()
+    assert tok.vocab_size <= 480
+    vocab = tok.hf.get_vocab()
+    pairs = [f"{i:02d}" for i in range(100)]
+    assert [vocab[p] for p in pairs] == list(range(259, 359))
+    spec = json.loads(tok.to_json())
+    assert [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["model"]["merges"][:100]] == [
+        (p[0], p[1]) for p in pairs]
+    assert [t for t, i in vocab.items() if i >= 359 and any(c.isdigit() for c in t)] == []
+    # the corpus holds "1234567890" ten times: without digit_pairs, BPE learns digit merges from it
+    assert any(i >= 259 and any(c.isdigit() for c in t) for t, i in small_bpe().hf.get_vocab().items())
+
+
+@pytest.mark.parametrize("number,pieces", [("8700466", ["87", "00", "46", "6"]), ("2401972", ["24", "01", "9", "72"]),
+                                           ("1234", ["12", "34"]), ("7", ["7"])])
+def test_digit_pairs_split_numbers_the_same_everywhere(number, pieces) -> None:
+    tok = digit_bpe()
+    for before in ("", " ", ": ", "\n", "is ", "x"):
+        ids = tok.encode(before + number + ".")
+        tail = [tok.decode([i]) for i in ids[len(ids) - len(pieces) - 1:]]
+        assert tail == pieces + ["."], (before, tail)
+        assert tok.decode(ids) == before + number + "."
+
+
+def test_digit_pairs_errors() -> None:
+    with pytest.raises(ValueError) as e:
+        Tokenizer.train_bpe(["some text 123"], 359, digit_pairs=True)
+    assert str(e.value) == ("train_bpe: vocab_size must be at least 360 (3 specials + 256 bytes + 100 digit pairs + 1 merge), "
+                            "got 359")
+    assert Tokenizer.train_bpe(["some text 123"], 360, digit_pairs=True).vocab_size <= 360
+
+
 @pytest.mark.parametrize("kind", ["byte_level", "bpe"])
 def test_save_load_round_trip(tmp_path, kind: str) -> None:
     tok = Tokenizer.byte_level() if kind == "byte_level" else small_bpe()

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--out", required=True, help="tokenizer.json to write")
     t.add_argument("--text-field", default="text", help="JSONL/parquet field holding the text")
     t.add_argument("--max-chars", default=None, help="train on at most this many characters (default: all)")
+    t.add_argument("--digit-pairs", action="store_true",
+                   help="no token mixes digits with other text, and every two-digit string is one token "
+                        "(numbers split the same way wherever they stand; what `rnope reproduce` uses)")
     t.add_argument("--val-fraction", default="0.02",
                    help="leave out the documents `rnope train --val-fraction` validates on (default 0.02, its default; 0 = none)")
 
@@ -57,6 +60,9 @@ def run(args) -> int:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if vocab < 260:
         raise ValueError(f"--vocab-size must be >= 260 (3 specials + 256 bytes + 1 merge), got {vocab}")
+    if args.digit_pairs and vocab < 360:
+        raise ValueError(f"--vocab-size must be >= 360 with --digit-pairs (3 specials + 256 bytes + 100 digit pairs + 1 merge), "
+                         f"got {vocab}")
     if max_chars is not None and max_chars < 1:
         raise ValueError(f"--max-chars must be >= 1, got {max_chars}")
     out = check_out_file(args.out, label="--out")
@@ -92,7 +98,7 @@ def run(args) -> int:
         yield first
         yield from docs
 
-    tok = Tokenizer.train_bpe(all_docs(), vocab, show_progress=sys.stderr.isatty())
+    tok = Tokenizer.train_bpe(all_docs(), vocab, show_progress=sys.stderr.isatty(), digit_pairs=args.digit_pairs)
     tok.save(out)
     print(f"wrote {out}: {tok.vocab_size} tokens from {seen['docs']} documents ({seen['chars']:,} characters; "
           f"{sum(held_out)} validation documents left out)", file=sys.stderr)

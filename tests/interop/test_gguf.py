@@ -373,3 +373,15 @@ def test_failed_write_leaves_nothing(tmp_path, byte_tok, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_gguf(random_model(), tmp_path / "m.gguf", byte_tok)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_digit_pairs_tokenizer_round_trip(tmp_path):
+    """A study tokenizer (two-digit number tokens) is still plain GPT-2-split BPE: the file's tokens and
+    merges encode numbers exactly as rnope does."""
+    corpus = ["the quick brown fox jumps over the lazy dog in 1999, 2000 and 2024.\n"] * 30
+    tok = Tokenizer.train_bpe(corpus, 384, digit_pairs=True)
+    path = export_gguf(random_model(vocab_size=384), tmp_path / "m.gguf", tok)
+    meta, _, _ = read(path)
+    hf = rebuilt(meta)
+    for text in TEXTS + ["key: 8700466.\n2401972 and 5009442", "AB-1234 x0x 00000"]:
+        assert hf.encode(text).ids == tok.encode(text), text
