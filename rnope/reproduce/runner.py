@@ -140,9 +140,10 @@ class Study:
 
         path = self.out / "tokenizer.json"
         if not path.exists():
-            self.say(f"training a {self.p.vocab_size}-token BPE tokenizer on the built-in prose (training split)")
+            pairs = " with two-digit number tokens" if self.p.digit_pairs else ""
+            self.say(f"training a {self.p.vocab_size}-token BPE tokenizer{pairs} on the built-in prose (training split)")
             train, _ = split_documents(builtin_documents("prose"))
-            Tokenizer.train_bpe(train, self.p.vocab_size).save(path)
+            Tokenizer.train_bpe(train, self.p.vocab_size, digit_pairs=self.p.digit_pairs).save(path)
         return Tokenizer.load(path)
 
     # ---- training -----------------------------------------------------------------------------

@@ -54,6 +54,20 @@ def test_results_schema_and_report_sections(study):
     assert len(links) == 4 and all((study / link).is_file() for link in links), links
 
 
+def test_study_tokenizer_has_two_digit_number_tokens(study):
+    """A study's BPE (profile digit_pairs) splits every number into the same two-digit tokens wherever it stands."""
+    from rnope.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(study / "tokenizer.json")
+    vocab = tok.hf.get_vocab()
+    assert [vocab[f"{i:02d}"] for i in range(100)] == list(range(259, 359))
+    assert not [t for t, i in vocab.items() if i >= 359 and any(c.isdigit() for c in t)]
+    pieces = [tok.decode([i]) for i in tok.encode("8700466")]
+    assert pieces == ["87", "00", "46", "6"]
+    for before in (" ", ": ", "\n"):
+        assert tok.encode(before + "8700466")[-4:] == tok.encode("8700466")
+
+
 def test_rerun_resumes_without_retraining(study):
     import time
 
