@@ -207,7 +207,7 @@ PROFILES["full"] = Profile(
 
 # A minutes-free profile for the test suite: the whole pipeline on two tiny models.
 PROFILES["smoke"] = Profile(
-    name="smoke", d_model=32, n_layer=4, n_head=2, n_kv_head=1, d_ff=64, window=32, vocab_size=512,
+    name="smoke", d_model=32, n_layer=4, n_head=2, n_kv_head=1, d_ff=64, window=32, vocab_size=640,
     seq_len=256, batch_size=2, lr=3e-3, near_steps=2, near_seq_len=64, mix_steps=2, mix_lr=3e-3, init_std=0.02,
     mix_synthetic_ratio=0.5, long_steps=2, long_factor=2, long_lr=1e-3, long_synthetic_ratio=0.5, mix_kinds=MIX_KINDS,
     niah_factors=(1, 2), niah_depths=(50.0,), niah_samples=1, niah_columns=_NIAH_COLUMNS,

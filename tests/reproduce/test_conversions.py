@@ -44,7 +44,7 @@ def test_a_conversion_starts_from_its_trained_parent_and_trains_on(study):
         ("adapt", 1, 512, 256, 0.25)]
     # the adapt stage trains on 10 % of the parent's tokens, in steps shaped like the long stage's
     conv = get_profile("convert")
-    assert conv.tokens_per_model() == 3_031_040 and conv.convert_steps() == 303_104 // (8 * 4 * 128) == 74
+    assert conv.tokens_per_model() == 3_194_880 and conv.convert_steps() == 319_488 // (8 * 4 * 128) == 78
 
 
 def test_a_scaled_row_is_its_model_with_nope_queries_scaled_past_the_longest_trained_length(study):
