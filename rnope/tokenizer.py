@@ -30,7 +30,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from .outputs import atomic_write_text
 
-__all__ = ["Tokenizer", "SPECIAL_TOKENS", "PAD", "BOS", "EOS", "N_BYTES", "check_vocab_fits"]
+__all__ = ["Tokenizer", "SPECIAL_TOKENS", "PAD", "BOS", "EOS", "N_BYTES", "check_vocab_fits", "bpe_vocab_floor"]
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS)
@@ -48,6 +48,13 @@ def _byte_level_parts() -> tuple[pre_tokenizers.ByteLevel, decoders.ByteLevel]:
 
 _DIGITS = "0123456789"
 _DIGIT_PAIRS = len(_DIGITS) ** 2
+
+
+def bpe_vocab_floor(digit_pairs: bool = False) -> tuple[int, str]:
+    """The smallest ``vocab_size`` :meth:`Tokenizer.train_bpe` accepts, and what it is made of (for messages)."""
+    pairs = f" + {_DIGIT_PAIRS} digit pairs" if digit_pairs else ""
+    least = _BYTE_LEVEL_VOCAB + (_DIGIT_PAIRS if digit_pairs else 0) + 1
+    return least, f"{len(SPECIAL_TOKENS)} specials + {N_BYTES} bytes{pairs} + 1 merge"
 
 
 def _with_digit_pairs(tokenizer_json: str) -> str:
@@ -69,7 +76,7 @@ def _with_digit_pairs(tokenizer_json: str) -> str:
     pairs = [a + b for a in _DIGITS for b in _DIGITS]
     model["vocab"] = {tok: i for i, tok in enumerate(head + pairs + learned)}
     merges = [m if isinstance(m, list) else m.split(" ") for m in model["merges"]]
-    model["merges"] = [[a, b] for a in _DIGITS for b in _DIGITS] + [m for m in merges if not has_digit(m[0] + m[1])]
+    model["merges"] = [list(p) for p in pairs] + [m for m in merges if not has_digit(m[0] + m[1])]
     return json.dumps(spec)
 
 
@@ -160,13 +167,9 @@ class Tokenizer:
         Raises ``ValueError`` if ``vocab_size`` leaves no room for a merge (< 260, or < 360 with
         ``digit_pairs``) or ``texts`` is empty.
         """
-        least = _BYTE_LEVEL_VOCAB + 1 + (_DIGIT_PAIRS if digit_pairs else 0)
+        least, parts = bpe_vocab_floor(digit_pairs)
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < least:
-            what = f" + {_DIGIT_PAIRS} digit pairs" if digit_pairs else ""
-            raise ValueError(
-                f"train_bpe: vocab_size must be at least {least} "
-                f"({len(SPECIAL_TOKENS)} specials + {N_BYTES} bytes{what} + 1 merge), got {vocab_size!r}"
-            )
+            raise ValueError(f"train_bpe: vocab_size must be at least {least} ({parts}), got {vocab_size!r}")
         if isinstance(texts, str):
             raise TypeError("train_bpe: texts must be an iterable of strings, not a single string")
         it = iter(texts)

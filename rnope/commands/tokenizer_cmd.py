@@ -48,7 +48,7 @@ def _int(flag: str, raw: str | None) -> int | None:
 def run(args) -> int:
     from ..data import doc_unit, iter_documents, split_flags
     from ..outputs import check_out_file
-    from ..tokenizer import Tokenizer
+    from ..tokenizer import Tokenizer, bpe_vocab_floor
 
     vocab = _int("--vocab-size", args.vocab_size)
     max_chars = _int("--max-chars", args.max_chars)
@@ -58,11 +58,10 @@ def run(args) -> int:
         raise ValueError(f"--val-fraction: {args.val_fraction!r} is not a number") from None
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-    if vocab < 260:
-        raise ValueError(f"--vocab-size must be >= 260 (3 specials + 256 bytes + 1 merge), got {vocab}")
-    if args.digit_pairs and vocab < 360:
-        raise ValueError(f"--vocab-size must be >= 360 with --digit-pairs (3 specials + 256 bytes + 100 digit pairs + 1 merge), "
-                         f"got {vocab}")
+    least, parts = bpe_vocab_floor(args.digit_pairs)
+    if vocab < least:
+        flag = " with --digit-pairs" if args.digit_pairs else ""
+        raise ValueError(f"--vocab-size must be >= {least}{flag} ({parts}), got {vocab}")
     if max_chars is not None and max_chars < 1:
         raise ValueError(f"--max-chars must be >= 1, got {max_chars}")
     out = check_out_file(args.out, label="--out")
