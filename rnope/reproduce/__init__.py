@@ -17,8 +17,18 @@ __all__ = ["PROFILES", "Profile", "get_profile", "run_study"]
 
 def run_study(profile: Profile, out: str | os.PathLike, *, jobs: int = 2, seeds: int | None = None,
               device: str = "auto", progress: bool = True) -> Path:
-    """Run (or resume) a study into ``out``; returns the path of ``REPORT.md``."""
+    """Run (or resume) a study into ``out``; returns the path of ``REPORT.md``.
+
+    The evaluation runs in spawned worker processes, each of which imports the calling script again:
+    call this under ``if __name__ == "__main__":`` (a call made while a worker starts is refused).
+    """
+    import multiprocessing
+
     import torch
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # the flag spawn sets while a child imports __main__
+        raise RuntimeError("run_study was called while a worker process was starting: the calling script runs again in "
+                           "every evaluation worker; call run_study under `if __name__ == \"__main__\":`")
 
     from ..outputs import atomic_write_text, machine, safe_name
     from .runner import Study

@@ -345,22 +345,29 @@ class Study:
                 done += 1
                 self.say(f"evaluated {n} ({time.time() - t:.0f} s); {done}/{len(todo)}")
         else:
+            from concurrent.futures import ProcessPoolExecutor
+            from concurrent.futures.process import BrokenProcessPool
+
             ctx = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited torch threads
-            pool = ctx.Pool(jobs)
+            pool = ProcessPoolExecutor(jobs, mp_context=ctx)
             try:
-                pending = {n: pool.apply_async(_evaluate_in_worker, (self.p, str(self.out), self.seeds, self.device, m, s, n,
-                                                                     threads, self.code, run, scale))
+                pending = {n: pool.submit(_evaluate_in_worker, self.p, str(self.out), self.seeds, self.device, m, s, n,
+                                          threads, self.code, run, scale)
                            for m, s, n, run, scale in todo}
                 for n, res in pending.items():
-                    secs = res.get()
+                    secs = res.result()
                     done += 1
                     self.say(f"evaluated {n} ({secs:.0f} s); {done}/{len(todo)}")
-                pool.close()
+            except BrokenProcessPool:  # a worker died (e.g. it failed to start): stop, never wait on it
+                raise RuntimeError(f"an evaluation worker process died before finishing; finished evaluations are kept in "
+                                   f"{self.out / 'evals'} (a script that calls run_study must do so under "
+                                   f"`if __name__ == \"__main__\":`, since every worker imports it again)") from None
             except BaseException:  # an interrupt: finished evaluations are on disk, unfinished ones are dropped
-                pool.terminate()
+                for proc in (getattr(pool, "_processes", None) or {}).values():
+                    proc.terminate()
                 raise
             finally:
-                pool.join()
+                pool.shutdown(wait=True, cancel_futures=True)
         docs = {}
         for _, _, n, _, _ in rows:
             path = self.out / "evals" / f"{safe_name(n)}.json"

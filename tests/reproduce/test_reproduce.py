@@ -369,3 +369,54 @@ def test_study_figures_are_readable_at_their_written_size(tmp_path, monkeypatch)
     assert seg.axes[0].get_ylim() == (0.0, 1.0) and seg.axes[0].get_ylabel()
     for fig in figs:
         assert unreadable(fig) == []
+
+
+def test_an_unguarded_script_is_refused_in_the_workers_instead_of_hanging(study, tmp_path):
+    """Evaluation workers are spawned and import the calling script again: without a ``__main__`` guard the
+    script's run_study call is refused in every worker, and the study stops with one line instead of
+    waiting forever on workers that never start."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "s"
+    shutil.copytree(study, copy)
+    for f in ("evals/rope.json", "evals/rnope-swa.json", "REPORT.md", "results.json"):
+        (copy / f).unlink()  # two evaluations to redo: they run in two worker processes
+    script = tmp_path / "unguarded.py"
+    script.write_text("from rnope.reproduce import get_profile, run_study\n"
+                      f"run_study(get_profile('smoke'), {str(copy)!r}, jobs=2, progress=False)\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 1
+    assert ("RuntimeError: run_study was called while a worker process was starting: the calling script runs again in "
+            "every evaluation worker; call run_study under `if __name__ == \"__main__\":`") in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"RuntimeError: an evaluation worker process died before finishing; finished evaluations are kept in "
+        f"{copy / 'evals'} (a script that calls run_study must do so under `if __name__ == \"__main__\":`, since every "
+        f"worker imports it again)")
+    assert not (copy / "evals" / "rope.json").exists() and not (copy / "REPORT.md").exists()
+    # the same call under the guard: both evaluations run in the two workers and match the study's own
+    script.write_text("from rnope.reproduce import get_profile, run_study\n"
+                      "if __name__ == '__main__':\n"
+                      f"    run_study(get_profile('smoke'), {str(copy)!r}, jobs=2, progress=False)\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr
+    for name in ("rope", "rnope-swa"):
+        assert json.loads((copy / "evals" / f"{name}.json").read_text())["niah"] == \
+            json.loads((study / "evals" / f"{name}.json").read_text())["niah"]
+    assert (copy / "REPORT.md").exists()
+
+
+def test_run_study_is_refused_while_a_worker_process_starts(monkeypatch, tmp_path):
+    import multiprocessing
+
+    from rnope.reproduce import get_profile, run_study
+
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(RuntimeError) as e:
+        run_study(get_profile("smoke"), tmp_path / "s", jobs=2, progress=False)
+    assert str(e.value) == ("run_study was called while a worker process was starting: the calling script runs again in "
+                            "every evaluation worker; call run_study under `if __name__ == \"__main__\":`")
+    assert not (tmp_path / "s").exists()
